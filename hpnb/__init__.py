@@ -1,0 +1,21 @@
+"""hpnb: Hidden Positives for unsupervised semantic segmentation (Seong et al., CVPR 2023), for teaching.
+
+Modules (one idea each): `data`, `toyworld`, `backbones`, `features`, `metrics`, `crf`.
+Heavy submodules are imported on first use, so `import hpnb` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+
+from hpnb.utils import HpnbError, pick_device, setup
+
+__version__ = "0.1.0"
+__all__ = ["HpnbError", "pick_device", "setup", "__version__"]
+
+_SUBMODULES = {"data", "toyworld", "backbones", "features", "metrics", "crf", "baseline", "onnx_convert"}
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"hpnb.{name}")
+    raise AttributeError(f"module 'hpnb' has no attribute {name!r}")

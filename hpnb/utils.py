@@ -1,0 +1,74 @@
+"""Small shared helpers: the one device chooser, seeding, cache paths and the hpnb error type."""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class HpnbError(RuntimeError):
+    """An error with a message that says what was expected, what was found and what to run next."""
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """Return `device` if given, else CUDA when present, else CPU (the only place hpnb chooses)."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def repo_root() -> Path:
+    """The folder that holds the `hpnb` package (the repository root for an editable install)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def cache_dir(*parts: str) -> Path:
+    """Where weights and feature caches go: $HPNB_CACHE, else `<repo>/data/cache` (git-ignored)."""
+    root = Path(os.environ.get("HPNB_CACHE", repo_root() / "data" / "cache"))
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def shared_dir() -> Path | None:
+    """`../shared` beside the repository (the workplace's data and docs), or None on a user's machine."""
+    path = Path(os.environ.get("HPNB_SHARED", repo_root().parent / "shared"))
+    return path if path.is_dir() else None
+
+
+@dataclass(frozen=True)
+class Session:
+    """What `hpnb.setup()` chose: the device, the seed and the number of CPU threads."""
+
+    device: torch.device
+    seed: int
+    threads: int
+
+    def __str__(self) -> str:
+        return f"hpnb {_version()} | torch {torch.__version__.split('+')[0]} | device={self.device.type} | seed={self.seed}"
+
+
+def _version() -> str:
+    from hpnb import __version__
+
+    return __version__
+
+
+def setup(seed: int = 0, device: str | None = None, quiet: bool = False) -> Session:
+    """Seed everything, pick the device and print a stable one-line summary (first cell of every notebook)."""
+    seed_everything(seed)
+    session = Session(device=pick_device(device), seed=seed, threads=torch.get_num_threads())
+    if not quiet:
+        print(session)
+    return session
