@@ -16,11 +16,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from hpnb.backbones import FrozenViT
+from hpnb.data import denormalize
 from hpnb.utils import HpnbError, cache_dir
 
 FORMAT_VERSION = 1
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
 @dataclass
@@ -80,8 +79,7 @@ def cache_path(backbone: FrozenViT, key: dict, attention: bool) -> Path:
 
 def _to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Normalised (B, 3, H, W) -> uint8 (B, H, W, 3)."""
-    x = images.float() * IMAGENET_STD + IMAGENET_MEAN
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    return (denormalize(images.float()).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def _empty_error(dataset: Dataset) -> HpnbError:
