@@ -58,6 +58,7 @@ class FeatureSet:
 def dataset_key(dataset: Dataset) -> dict:
     """What identifies a dataset's cached features: its class, split, root, size and transform."""
     first = dataset[0]
+    fingerprint = hashlib.sha1(first["image"].numpy().tobytes() + first["label"].numpy().tobytes()).hexdigest()[:12]
     return {
         "dataset": getattr(dataset, "cache_name", type(dataset).__name__),
         "split": str(getattr(dataset, "split", "")),
@@ -66,6 +67,7 @@ def dataset_key(dataset: Dataset) -> dict:
         "res": list(first["image"].shape[-2:]),
         "transform": repr(getattr(dataset, "transform", None)),
         "extra": repr(getattr(dataset, "cache_extra", "")),
+        "first_item": fingerprint,  # a changed generator or transform gets a new cache file
     }
 
 

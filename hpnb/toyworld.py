@@ -35,6 +35,7 @@ PALETTE: list[tuple[int, int, int]] = [
 ]
 SKY, BUILDING, TREE, GRASS, ROAD, WATER, CAR, BALL = range(len(CLASSES))
 N_CLASSES = len(CLASSES)
+VERSION = 1  # bump when scenes change, so cached features are recomputed
 
 SPLITS: dict[str, tuple[int, int]] = {"train": (0, 300), "val": (100_000, 100), "test": (200_000, 100)}
 SPLIT_SIZE = 100_000  # scene indices of one split lie in [offset, offset + SPLIT_SIZE)
@@ -490,6 +491,11 @@ class ToyWorld(Dataset):
 
     def __len__(self) -> int:
         return self.n
+
+    @property
+    def cache_extra(self) -> str:
+        """What else identifies this dataset's cached features: the generator version and seed."""
+        return f"toyworld v{VERSION} seed={self.seed}"
 
     def raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Scene i before normalisation: (uint8 image (res, res, 3), int64 labels (res, res))."""

@@ -54,3 +54,12 @@ def test_corrupt_cache_file_names_the_file(tmp_path):
 def test_empty_dataset_is_a_clear_error(random_backbone, tmp_cache):
     with pytest.raises(HpnbError, match="is empty"):
         extract_features(random_backbone, TinySet(n=0), progress=False)
+
+
+def test_changed_data_with_the_same_name_is_not_served_from_the_cache(random_backbone, tmp_cache):
+    a = TinySet(seed=0)
+    first = extract_features(random_backbone, a, progress=False)
+    a.images[0] += 1.0  # same class, split, size and cache_extra, different content
+    second = extract_features(random_backbone, a, progress=False)
+    assert first.path != second.path
+    assert not torch.equal(first.feats, second.feats)
