@@ -1,0 +1,139 @@
+"""Hidden positives against hand-computed cases: Eq. 2, 3, 4 (GHP) and Eq. 7, 9 / spec §2.7 (LHP)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hpnb.positives import (attention_to_lhp, build_reference_pools, criteria, dense_lhp_matrix, mix_codes, positive_block, positive_sets,
+                            sample_patches_per_image, window_index)
+
+
+def _unit(*angles_deg):
+    return torch.tensor([[math.cos(math.radians(a)), math.sin(math.radians(a))] for a in angles_deg])
+
+
+def test_criteria_eq2_is_the_max_similarity_to_the_pool():
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    pool = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    assert criteria(x, pool).tolist() == pytest.approx([1.0, 0.8])
+    assert criteria(x, pool, chunk=1).tolist() == pytest.approx([1.0, 0.8])  # chunked == unchunked
+
+
+def test_eq3_symmetric_selection_by_hand():
+    f = _unit(0, 30, 90)  # sims: s12 = .866, s13 = 0, s23 = .5
+    c = torch.tensor([0.9, 0.95, 0.4])
+    sym = positive_block(f, f, c, c, 0, symmetric=True)
+    # P(1) = {}: .866 is below both c1 and c2; P(2) = {3}: .5 > c3; P(3) = {2}: .5 > c3
+    assert sym.tolist() == [[False, False, False], [False, False, True], [False, True, False]]
+    one_sided = positive_block(f, f, c, c, 0, symmetric=False)
+    assert one_sided.tolist() == [[False, False, False], [False, False, False], [False, True, False]]
+    assert torch.equal(sym, sym.T) and not torch.equal(one_sided, one_sided.T)
+
+
+def test_eq4_task_specific_sets_use_the_same_rule_with_their_own_pool():
+    s = _unit(0, 10, 100, 95)
+    pool = _unit(50)  # c' = cos 50, cos 40, cos 50, cos 45 -> similar pairs (1,2) and (3,4) pass
+    p = positive_sets(s, pool)
+    assert p.tolist() == [[False, True, False, False], [True, False, False, False],
+                          [False, False, False, True], [False, False, True, False]]
+
+
+def test_the_anchor_is_never_its_own_positive_in_any_block():
+    g = torch.Generator().manual_seed(0)
+    x = F.normalize(torch.randn(12, 5, generator=g), dim=1)
+    c = torch.full((12,), -1.0)  # every pair passes the criterion
+    full = positive_block(x, x, c, c, 0)
+    assert not full.diagonal().any() and full.sum() == 12 * 11
+    block = positive_block(x[4:8], x, c[4:8], c, 4)
+    assert torch.equal(block, full[4:8])
+
+
+def test_pool_takes_one_normalised_patch_per_image():
+    x = torch.tensor([[3.0, 4.0], [0.0, 2.0], [5.0, 0.0]])[:, :, None, None].expand(3, 2, 2, 2).clone()
+    x[0, :, 0, 0] = torch.tensor([1.0, 1.0])  # image 0: patch 0 differs from patches 1-3
+    pools = [sample_patches_per_image(x, torch.Generator().manual_seed(s)) for s in range(20)]
+    assert all(p.shape == (3, 2) and torch.allclose(p.norm(dim=1), torch.ones(3)) for p in pools)
+    assert all(torch.allclose(p[1:], torch.tensor([[0.0, 1.0], [1.0, 0.0]])) for p in pools)
+    firsts = {tuple(round(v, 3) for v in p[0].tolist()) for p in pools}
+    assert firsts == {(0.6, 0.8), (0.707, 0.707)}  # a random patch of each image, both kinds drawn
+
+
+def test_window_has_9_6_4_cells_inside_the_grid():
+    _, valid = window_index(3, 3)
+    assert valid.sum(1).tolist() == [4, 6, 4, 6, 9, 6, 4, 6, 4]
+
+
+def _centre_row_attention(row):
+    """Attention (1, 10, 10) on a 3×3 grid whose centre anchor (patch 4) has the given pre-softmax scores."""
+    attn = torch.zeros(1, 10, 10)
+    attn[0, 5, 1:] = torch.tensor(row)  # +1 for the CLS row/column
+    return attn
+
+
+def test_code_form_lhp_by_hand():
+    row = [1.0, 2, 3, 4, 5, 6, 7, 8, 9]
+    weights, denom = attention_to_lhp(_centre_row_attention(row), (3, 3), "code", sigma=28.0)
+    lo, hi = 1 + 0.8 * 1, 8 + 0.2 * 1  # 10th / 90th percentiles, linear interpolation
+    clipped = [min(max(v, lo), hi) for v in row]
+    soft = [math.exp(v) / sum(math.exp(u) for u in clipped) for v in clipped]
+    t = [28.0 * p for p in soft]
+    keep = [v >= sum(t) / 9 for v in t]
+    expected = [v if k else 0.0 for v, k in zip(t, keep)]
+    assert weights[0, 4].tolist() == pytest.approx(expected, rel=1e-5)
+    assert denom[0, 4] == 9 and denom[0, 0] == 4  # divide by the window size (9 / 6 / 4)
+    s = torch.eye(9).T.reshape(1, 9, 3, 3)  # one-hot codes: channel j = patch j
+    mixed = mix_codes(s, weights, denom)[0, :, 1, 1]
+    assert mixed.tolist() == pytest.approx([e / 9 for e in expected], rel=1e-5)
+
+
+def test_paper_form_lhp_by_hand():
+    row = [1.0, 2, 3, 4, 5, 6, 7, 8, 9]
+    weights, denom = attention_to_lhp(_centre_row_attention(row), (3, 3), "paper", sigma=28.0)
+    soft = [math.exp(v) / sum(math.exp(u) for u in row) for v in row]
+    keep = [p > 1 / 9 for p in soft]  # Eq. 7: t_j > Avg(T̃_i)
+    assert denom[0, 4] == sum(keep)  # Eq. 9 divides by |I_local|
+    assert weights[0, 4].tolist() == pytest.approx([28.0 * p if k else 0.0 for p, k in zip(soft, keep)], rel=1e-5)
+
+
+def test_code_form_keeps_a_row_that_is_constant_after_clipping():
+    weights, _ = attention_to_lhp(_centre_row_attention([0.0] * 9), (3, 3), "code")
+    assert (weights[0, 4] > 0).all()  # "≥ computed mean" keeps every entry of a flat row
+
+
+@pytest.mark.parametrize("form", ["code", "paper"])
+def test_gradient_reaches_exactly_the_kept_neighbours_in_proportion(form):
+    g = torch.Generator().manual_seed(1)
+    h, w, k = 4, 5, 3
+    attn = 3 * torch.randn(2, 1 + h * w, 1 + h * w, generator=g)
+    weights, denom = attention_to_lhp(attn, (h, w), form)
+    s = torch.randn(2, k, h, w, generator=g, requires_grad=True)
+    mixed = mix_codes(s, weights, denom)
+    coef = dense_lhp_matrix(weights, denom, (h, w))  # (B, N, N)
+    for b, anchor in [(0, 7), (1, 0), (1, 19)]:
+        (grad,) = torch.autograd.grad(mixed[b, :, anchor // w, anchor % w].sum(), s, retain_graph=True)
+        expected = coef[b, anchor].reshape(h, w)
+        assert torch.allclose(grad[b], expected.expand(k, h, w), atol=1e-6)
+        assert (grad[1 - b] == 0).all()  # nothing leaks to other images
+        assert ((grad[b, 0] != 0) == (expected != 0)).all()  # only kept window cells receive gradient
+
+
+def test_mixing_equals_the_dense_matrix_product():
+    g = torch.Generator().manual_seed(2)
+    attn = torch.randn(3, 1 + 30, 1 + 30, generator=g)
+    weights, denom = attention_to_lhp(attn, (5, 6))
+    s = torch.randn(3, 4, 5, 6, generator=g)
+    dense = torch.einsum("bij,bkj->bki", dense_lhp_matrix(weights, denom, (5, 6)), s.flatten(2)).reshape(3, 4, 5, 6)
+    assert torch.allclose(mix_codes(s, weights, denom), dense, atol=1e-6)
+
+
+def test_reference_pools_take_m_images_and_are_unit_length():
+    from hpnb.heads import HPHeads
+
+    heads = HPHeads(6, 4).train()
+    batches = (torch.randn(3, 6, 2, 2, generator=torch.Generator().manual_seed(i)) for i in range(4))
+    q_ag, q_sp = build_reference_pools(batches, heads, pool_size=7, generator=torch.Generator().manual_seed(0))
+    assert q_ag.shape == (7, 6) and q_sp.shape == (7, 4)
+    assert torch.allclose(q_ag.norm(dim=1), torch.ones(7), atol=1e-3)
+    with pytest.raises(ValueError, match="M=20 needs 20 images, the data gave 12"):
+        build_reference_pools((torch.randn(3, 6, 2, 2) for _ in range(4)), heads, pool_size=20)
