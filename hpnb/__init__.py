@@ -1,6 +1,7 @@
 """hpnb: Hidden Positives for unsupervised semantic segmentation (Seong et al., CVPR 2023), for teaching.
 
-Modules (one idea each): `data`, `toyworld`, `backbones`, `features`, `metrics`, `crf`.
+Modules (one idea each): `data`, `toyworld`, `backbones`, `features`, `metrics`, `crf`, `config`, `heads`,
+`positives`, `losses`, `model`, `train`, `evaluate`, `viz`.
 Heavy submodules are imported on first use, so `import hpnb` stays fast.
 """
 from __future__ import annotations
@@ -12,10 +13,13 @@ from hpnb.utils import HpnbError, pick_device, setup
 __version__ = "0.1.0"
 __all__ = ["HpnbError", "pick_device", "setup", "__version__"]
 
-_SUBMODULES = {"data", "toyworld", "backbones", "features", "metrics", "crf", "baseline", "onnx_convert"}
+_SUBMODULES = {"data", "toyworld", "backbones", "features", "metrics", "crf", "baseline", "onnx_convert", "config",
+               "heads", "positives", "losses", "model", "train", "evaluate", "viz", "demo", "download"}
 
 
 def __getattr__(name: str):
+    if name == "predict":  # hpnb.predict(image, run, crf=True): one image -> label map
+        return importlib.import_module("hpnb.evaluate").predict
     if name in _SUBMODULES:
         return importlib.import_module(f"hpnb.{name}")
     raise AttributeError(f"module 'hpnb' has no attribute {name!r}")

