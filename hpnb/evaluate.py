@@ -89,7 +89,7 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(pred: Predictor, fs: FeatureSet, n_classes: int, crf: bool = False, workers: int | None = None,
-             batch: int = 4, keep: int = 4, crf_chunk: int = 48, progress: bool = False) -> EvalResult:
+             batch: int = 4, keep: int = 4, crf_chunk: int = 128, progress: bool = False) -> EvalResult:
     """Score a predictor on a cached split: cluster (Hungarian) and linear, optionally + dense CRF."""
     from hpnb.metrics import matched_confusion
 
