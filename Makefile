@@ -19,8 +19,11 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m hpnb demo
 
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout 300
+
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(NBVAL) notebooks
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

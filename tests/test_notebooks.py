@@ -1,0 +1,76 @@
+"""The notebook series: the README's list matches the files, every notebook is clean and small, widgets react."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _readme_list() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Notebooks", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"`notebooks/(\d\d_[a-z0-9_]+\.ipynb)`", section)
+
+
+def test_readme_lists_exactly_the_notebooks_in_order():
+    assert _readme_list() == [p.name for p in NOTEBOOKS]
+    assert all(re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", p.name) for p in NOTEBOOKS)
+
+
+def test_notebooks_are_clean_and_small():
+    if not NOTEBOOKS:
+        pytest.skip("no notebooks yet")
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "clean_notebooks.py"), "--check", *map(str, NOTEBOOKS)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
+    for path in NOTEBOOKS:
+        assert path.stat().st_size <= 2 * 1024 * 1024, f"{path.name} is over 2 MB"
+
+
+def test_no_notebook_ignores_all_outputs_or_prints_progress_bars():
+    for path in NOTEBOOKS:
+        cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        ignored = [c for c in cells if "nbval-ignore-output" in c.get("metadata", {}).get("tags", [])]
+        assert len(ignored) < len(cells) / 2, f"{path.name}: most cells ignore their output"
+        for cell in cells:
+            for out in cell.get("outputs", []):
+                if out.get("name") == "stderr":
+                    assert "it/s" not in "".join(out.get("text", "")), f"{path.name}: a progress bar in the outputs"
+
+
+def _toy_features():
+    from hpnb.backbones import load_backbone
+    from hpnb.features import extract_features
+    from hpnb.toyworld import ToyWorld
+
+    import torch
+
+    torch.manual_seed(0)
+    return extract_features(load_backbone(weights="random"), ToyWorld("val", n=8, res=56), progress=False)
+
+
+def test_pool_size_widget_recomputes_when_the_slider_moves(tmp_cache):
+    from hpnb.widgets import explore_pool_size
+
+    exp = explore_pool_size(_toy_features(), values=(4, 8, 32), n_images=8)
+    first = dict(exp.last)
+    exp.widget.children[0].value = 32  # what a user's slider move does
+    assert exp.last["M"] == 32 and exp.last != first
+    assert exp.last["mean_positives"] < first["mean_positives"]  # a larger pool raises c_i: fewer positives
+    assert exp.widget.children[0].continuous_update is False
+
+
+def test_temperature_widget_recomputes_when_the_sliders_move(tmp_cache):
+    from hpnb.widgets import explore_temperature
+
+    exp = explore_temperature(_toy_features(), n_images=8)
+    base = dict(exp.last)
+    exp.widget.children[0].value = 0.2  # τ
+    assert exp.last["tau"] == 0.2 and exp.last["mass_on_positives"] > base["mass_on_positives"]
+    exp.widget.children[1].value = 0.5  # ρ
+    assert exp.last["denominator_size"] > base["denominator_size"]
