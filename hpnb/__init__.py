@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 __all__ = ["HpnbError", "pick_device", "setup", "__version__"]
 
 _SUBMODULES = {"data", "toyworld", "backbones", "features", "metrics", "crf", "baseline", "onnx_convert", "config",
-               "heads", "positives", "losses", "model", "train", "evaluate", "viz", "demo", "download"}
+               "heads", "positives", "losses", "model", "train", "evaluate", "viz", "demo", "download", "widgets"}
 
 
 def __getattr__(name: str):

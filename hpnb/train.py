@@ -353,11 +353,11 @@ def train(cfg: HPConfig, out: str | Path | None = None, resume: bool = False, ba
 
 
 def plot_log(out: str | Path) -> Path | None:
-    """Figure of the loss parts (Φ, Ψ, R, total) and λ over the steps of a run's log."""
-    import matplotlib
+    """Figure of the loss parts (Φ, Ψ, R, total) and λ over the steps of a run's log, saved as loss.png.
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    Drawn on a bare matplotlib Figure (no pyplot, no backend switch), so a notebook's inline figures are untouched.
+    """
+    from matplotlib.figure import Figure
 
     path = Path(out) / "log.jsonl"
     if not path.is_file():
@@ -366,7 +366,8 @@ def plot_log(out: str | Path) -> Path | None:
     if not rows:
         return None
     steps = [r["step"] for r in rows]
-    fig, (ax, ax_lam) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))
+    ax, ax_lam = fig.subplots(1, 2)
     for key, label in (("loss", "total"), ("phi", "Φ (GHP)"), ("psi", "Ψ (LHP)"), ("reg", "R")):
         ax.plot(steps, [r[key] for r in rows], label=label)
     ax.set_xlabel("step")
@@ -377,6 +378,4 @@ def plot_log(out: str | Path) -> Path | None:
     ax_lam.set_title("λ")
     fig.tight_layout()
     fig.savefig(Path(out) / "loss.png", dpi=80)
-    plt.close(fig)
     return Path(out) / "loss.png"
-
