@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny in-memory dataset and a random-weight backbone (fast on 2 CPU cores)."""
+"""Shared fixtures: a tiny in-memory dataset, a random-weight backbone (fast on 2 CPU cores), no pydensecrf."""
+import builtins
+
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -39,3 +41,16 @@ def random_backbone():
 def tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HPNB_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def no_pydensecrf(monkeypatch):
+    """Make `import pydensecrf…` fail, as on a machine without the optional CRF package."""
+    real_import = builtins.__import__
+
+    def no_crf(name, *args, **kwargs):
+        if name.startswith("pydensecrf"):
+            raise ImportError("No module named 'pydensecrf'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_crf)

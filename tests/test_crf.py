@@ -1,5 +1,4 @@
 """Dense CRF: it sharpens a blurry prediction onto image edges, and a missing package is a clear error."""
-import builtins
 
 import numpy as np
 import pytest
@@ -23,15 +22,7 @@ def test_crf_snaps_a_blurred_boundary_to_the_image_edge():
     assert (after == truth).mean() > 0.95
 
 
-def test_missing_pydensecrf_names_the_package(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_crf(name, *args, **kwargs):
-        if name.startswith("pydensecrf"):
-            raise ImportError("No module named 'pydensecrf'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_crf)
+def test_missing_pydensecrf_names_the_package(no_pydensecrf, monkeypatch):
     assert not crf_available()
     with pytest.raises(HpnbError, match="pip install pydensecrf2==1.1"):
         dense_crf(np.zeros((4, 4, 3), np.uint8), torch.zeros(2, 4, 4))

@@ -1,5 +1,4 @@
 """crf_batch: the process pool gives exactly the serial labels in input order, and never hangs (it falls back)."""
-import builtins
 import multiprocessing
 import time
 from concurrent.futures import Future
@@ -128,15 +127,7 @@ def test_bad_inputs_are_clear_errors():
         crf_batch([im.astype(np.float32) for im in images], logps, workers=1)
 
 
-def test_missing_pydensecrf_fails_before_any_pool(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_crf(name, *args, **kwargs):
-        if name.startswith("pydensecrf"):
-            raise ImportError("No module named 'pydensecrf'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_crf)
+def test_missing_pydensecrf_fails_before_any_pool(no_pydensecrf, monkeypatch):
     monkeypatch.setattr(hpnb.crf, "ProcessPoolExecutor", _NoPool)
     with pytest.raises(HpnbError, match="pip install pydensecrf2==1.1"):
         crf_batch([np.zeros((4, 4, 3), np.uint8)] * 2, torch.zeros(2, 2, 4, 4), workers=2)
