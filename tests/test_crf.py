@@ -22,7 +22,7 @@ def test_crf_snaps_a_blurred_boundary_to_the_image_edge():
     assert (after == truth).mean() > 0.95
 
 
-def test_missing_pydensecrf_names_the_package(no_pydensecrf, monkeypatch):
+def test_missing_pydensecrf_names_the_package(no_pydensecrf):
     assert not crf_available()
     with pytest.raises(HpnbError, match="pip install pydensecrf2==1.1"):
         dense_crf(np.zeros((4, 4, 3), np.uint8), torch.zeros(2, 4, 4))
