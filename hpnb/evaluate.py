@@ -198,7 +198,12 @@ def evaluate_run(run, split: str | None = None, crf: bool = True, which: str = "
     n_classes, classes = model.n_classes, list(model.classes)
     results = {"HP": evaluate(model_predictor(model), fs, n_classes, crf=crf, workers=workers, progress=progress)}
     if baseline:
-        train_fs = extract_features_for(backbone, build_dataset(cfg, cfg.train_split, cfg.val_res, cfg.n_train), progress)
+        from hpnb.features import extract_features
+
+        # the trainer's cached train features (they carry attention) serve when the resolutions agree
+        reuse = cfg.backbone_mode == "cache" and cfg.val_res == cfg.res
+        train_fs = extract_features(backbone, build_dataset(cfg, cfg.train_split, cfg.val_res, cfg.n_train),
+                                    attention=reuse, progress=progress)
         steps = _run_steps(run)  # the baseline's linear probe gets the HP run's online-probe budget
         results["k-means"] = evaluate(kmeans_predictor(train_fs, n_classes, seed=cfg.seed, probe_steps=steps,
                                                        probe_batch=cfg.batch_size, probe_lr=cfg.linear_lr),
