@@ -1,7 +1,8 @@
 """Dense CRF post-processing with the official constants (spec §4.3), through `pydensecrf2` (imports as pydensecrf).
 
-The CRF is optional: nothing here imports pydensecrf at import time; calling `dense_crf` without it installed
-raises an error that names the package to install.
+The CRF is optional (`pip install -r requirements-crf.txt`, or `pip install -e .[crf]`): nothing here imports
+pydensecrf at import time; calling `dense_crf` without it installed raises an error that names the package to
+install, while `resolve_crf` lets the evaluation and prediction entry points go on without the CRF.
 
 `crf_batch` runs the CRF over many images on a process pool that cannot hang (STEGO's multiprocessing Pool hangs
 for several users, ST issue #16): spawned workers, results collected with a timeout, and on any pool failure a
@@ -24,7 +25,10 @@ from tqdm.auto import tqdm
 
 from hpnb.utils import HpnbError
 
-PYDENSECRF_PIN = "pydensecrf2==1.1"
+PYDENSECRF_PIN = "pydensecrf2==1.1"  # the same pin as requirements-crf.txt
+CRF_MISSING_NOTE = ("dense CRF: not installed (pip install -r requirements-crf.txt, needs a C++ compiler); "
+                    "showing results without it")
+_missing_noted = False  # the note above is printed once per process
 # official parameters (spec §4.3)
 GAUSSIAN_SXY, GAUSSIAN_COMPAT = 1, 3
 BILATERAL_SXY, BILATERAL_SRGB, BILATERAL_COMPAT = 67, 3, 4
@@ -50,6 +54,27 @@ def crf_available() -> bool:
     except HpnbError:
         return False
     return True
+
+
+def status_line() -> str:
+    """One line for notebooks: whether the dense CRF can run here (machine-dependent; nbval sanitizes it)."""
+    if crf_available():
+        return "dense CRF: available"
+    return "dense CRF: not installed, results without it (to add it: pip install -r requirements-crf.txt)"
+
+
+def resolve_crf(requested: bool) -> bool:
+    """Whether to run the CRF: `requested` and pydensecrf importable. A request that cannot be met prints one line
+    (once per process) and the caller goes on without the CRF."""
+    global _missing_noted
+    if not requested:
+        return False
+    if crf_available():
+        return True
+    if not _missing_noted:
+        print(CRF_MISSING_NOTE)
+        _missing_noted = True
+    return False
 
 
 def dense_crf(image: np.ndarray, log_probs: torch.Tensor | np.ndarray, iterations: int = ITERATIONS) -> np.ndarray:

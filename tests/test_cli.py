@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from hpnb.__main__ import main
+from hpnb.crf import CRF_MISSING_NOTE, crf_available
 
 
 def test_demo_trains_evaluates_and_reports_the_computed_numbers(tmp_path, tmp_cache, monkeypatch):
@@ -15,13 +16,45 @@ def test_demo_trains_evaluates_and_reports_the_computed_numbers(tmp_path, tmp_ca
     summary = run_demo(out=tmp_path / "demo", progress=False, n_train=12, n_val=4, res=56, val_res=56, dim=8,
                        pool_size=6, batch_size=4, epochs=1, aug_views=1, val_every=3, crf_workers=1)
     report = (tmp_path / "demo" / "report.md").read_text()
+    heads = ("cluster", "cluster+crf", "linear", "linear+crf") if crf_available() else ("cluster", "linear")
     for name in ("HP", "k-means"):
-        for head in ("cluster", "cluster+crf", "linear", "linear+crf"):
+        assert set(summary["results"][name]) == set(heads)  # without the optional CRF: no "+crf" heads
+        for head in heads:
             s = summary["results"][name][head]
             assert 0 <= s["acc"] <= 100
         row = summary["results"][name]
         assert f"| {name} | {row['cluster']['acc']:.2f} | {row['cluster']['miou']:.2f} |" in report
     assert (tmp_path / "demo" / "qualitative_test.png").is_file() and (tmp_path / "demo" / "loss.png").is_file()
+
+
+def test_evaluate_and_predict_without_pydensecrf_run_to_the_end(tmp_path, tmp_cache, monkeypatch, capsys,
+                                                                random_backbone, no_pydensecrf):
+    import numpy as np
+    from PIL import Image
+
+    from hpnb.config import get_config
+    from hpnb.evaluate import evaluate_run
+    from hpnb.train import train
+
+    backbone = random_backbone
+    monkeypatch.setattr("hpnb.backbones.load_backbone", lambda *a, **k: backbone)
+    monkeypatch.setattr("hpnb.crf._missing_noted", False)
+    cfg = get_config("toy", n_train=4, n_val=2, res=56, val_res=56, dim=8, pool_size=4, batch_size=4, epochs=1,
+                     aug_views=1, val_every=1, crf=True, crf_workers=1)
+    run = train(cfg, out=tmp_path / "run", backbone=backbone, progress=False).out
+    capsys.readouterr()
+    summary = evaluate_run(run, split="test", crf=True, progress=False, workers=1)
+    for name in ("HP", "k-means"):
+        assert set(summary["results"][name]) == {"cluster", "linear"}
+    report = (run / "report_test.md").read_text()
+    assert "cluster Acc" in report and "+crf" not in report and (run / "qualitative_test.png").is_file()
+    assert main(["evaluate", str(run), "--no-baseline", "--workers", "1"]) == 0
+    Image.fromarray((np.random.default_rng(0).random((30, 40, 3)) * 255).astype(np.uint8)).save(tmp_path / "x.png")
+    assert main(["predict", str(run), str(tmp_path / "x.png"), "--out", str(tmp_path / "labels.npy")]) == 0
+    assert np.load(tmp_path / "labels.npy").shape == (30, 40)
+    out = capsys.readouterr().out
+    assert out.count(CRF_MISSING_NOTE) == 1, out  # one line for the whole process, not one per call
+    assert "+crf" not in out and "report:" in out
 
 
 def test_unknown_dataset_is_a_clear_cli_error(capsys, tmp_cache):

@@ -1,11 +1,12 @@
-"""Dense CRF: it sharpens a blurry prediction onto image edges, and a missing package is a clear error."""
+"""Dense CRF: it sharpens a blurry prediction onto image edges; a missing package is a clear error for direct calls
+and one line (then no CRF) for the entry points that resolve it."""
 
 import numpy as np
 import pytest
 import torch
 
 from hpnb import HpnbError
-from hpnb.crf import crf_available, dense_crf
+from hpnb.crf import CRF_MISSING_NOTE, crf_available, dense_crf, resolve_crf
 
 
 @pytest.mark.skipif(not crf_available(), reason="pydensecrf2 is not installed")
@@ -26,3 +27,20 @@ def test_missing_pydensecrf_names_the_package(no_pydensecrf):
     assert not crf_available()
     with pytest.raises(HpnbError, match="pip install pydensecrf2==1.1"):
         dense_crf(np.zeros((4, 4, 3), np.uint8), torch.zeros(2, 4, 4))
+
+
+def test_resolve_crf_without_pydensecrf_says_so_once(no_pydensecrf, monkeypatch, capsys):
+    monkeypatch.setattr("hpnb.crf._missing_noted", False)
+    assert resolve_crf(False) is False and capsys.readouterr().out == ""  # not requested: nothing to say
+    assert resolve_crf(True) is False
+    assert resolve_crf(True) is False  # a report loop asks again: no second line
+    out = capsys.readouterr().out
+    assert out == CRF_MISSING_NOTE + "\n"
+    assert out.startswith("dense CRF: not installed (pip install -r requirements-crf.txt, needs a C++ compiler)")
+
+
+@pytest.mark.skipif(not crf_available(), reason="pydensecrf2 is not installed")
+def test_resolve_crf_with_pydensecrf_keeps_the_request(monkeypatch, capsys):
+    monkeypatch.setattr("hpnb.crf._missing_noted", False)
+    assert resolve_crf(True) is True and resolve_crf(False) is False
+    assert capsys.readouterr().out == ""
