@@ -1,6 +1,7 @@
 """Backbone feature-extraction throughput (images/s): hpnb's FrozenViT vs the plain fused timm forward.
 
     python benchmarks/feature_extraction.py --res 224 --batch 8 [--backbone NAME] [--device cuda] [--random]
+    python benchmarks/feature_extraction.py --res 224 --batch 8 --precision   # + float64 (the CPU cache default)
 
 Prints one line per path; copy the output into benchmarks/README.md with the machine and command.
 """
@@ -41,6 +42,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default=None)
     p.add_argument("--random", action="store_true", help="random weights (no weight files needed)")
+    p.add_argument("--precision", action="store_true",
+                   help="also time the float64 forward that CPU feature caches use (bit-reproducible across CPUs)")
     args = p.parse_args()
     device = pick_device(args.device)
     model = load_backbone(args.backbone, weights="random" if args.random else None, device=device)
@@ -61,6 +64,11 @@ def main() -> None:
 
     rows = {"timm fused forward (reference)": fused, "hpnb FrozenViT, feats only": ours(False),
             "hpnb FrozenViT, feats + last-block attention": ours(True)}
+    if args.precision:  # what extract_features(precision="float64") runs: a float64 copy of the backbone
+        import copy
+
+        model64, x64 = copy.deepcopy(model).double(), x.double()
+        rows["hpnb FrozenViT float64, feats + attention"] = lambda: model64(x64, attention=True)
     ref = None
     for label, fn in rows.items():
         ips = args.batch / statistics.median(_time(fn, args.warmup, args.repeats, device))

@@ -92,7 +92,7 @@ def cmd_evaluate(args) -> int:
     summary = evaluate_run(args.run, split=args.split, crf=not args.no_crf, which=args.checkpoint,
                            baseline=not args.no_baseline, workers=args.workers)
     for name, heads in summary["results"].items():
-        print(name, " | ".join(f"{h}: Acc {v['acc']:.2f} mIoU {v['miou']:.2f}" for h, v in heads.items()))
+        print(name, " | ".join(f"{h}: Acc {v['acc']:.1f} mIoU {v['miou']:.1f}" for h, v in heads.items()))
     print(f"report: {Path(args.run) / ('report_' + summary['split'] + '.md')}")
     return 0
 

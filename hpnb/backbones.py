@@ -79,7 +79,7 @@ def resample_pos_embed(pos: torch.Tensor, new_hw: tuple[int, int], old_hw: tuple
     if tuple(new_hw) == tuple(old_hw):
         return pos
     cls_pos, grid = pos[:, :1], pos[:, 1:]
-    grid = grid.reshape(1, old_hw[0], old_hw[1], -1).permute(0, 3, 1, 2).float()
+    grid = grid.reshape(1, old_hw[0], old_hw[1], -1).permute(0, 3, 1, 2).to(torch.promote_types(pos.dtype, torch.float32))
     if mode == "size":  # the ONNX/DINOv2 export: by output size, never antialiased (offline-backbone.md)
         grid = F.interpolate(grid, size=new_hw, mode="bicubic", align_corners=False, antialias=False)
     elif mode == "dino":  # DINO v1's interpolate_pos_encoding: scale factor (n + 0.1) / n_old

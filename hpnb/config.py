@@ -36,6 +36,7 @@ class HPConfig:
     backbone_weights: str | None = None
     backbone_mode: str = "cache"  # "cache": features computed once | "online": backbone every iteration
     aug_views: int = 2  # cache mode: augmented views per image, computed once
+    feature_precision: str = "auto"  # cache mode: "auto" = float64 on CPU (same cache on every CPU), bf16 on CUDA
     jitter_after_normalise: bool = True  # the official (harsh) photometric augmentation
     # method
     form: str = "code"  # "code" (official implementation) | "paper" (Eq. 2-11 as printed)

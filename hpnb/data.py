@@ -439,10 +439,20 @@ class CamVid(SegDataset):
     train/images/<stem>.jpg (or .png)   train/labels/<stem>.png  (8-bit class index, 11 = unlabelled)
     val/...                            test/..."""
     lut = _lut({c: c for c in range(11)})
+    # not the project's licence: figures of CamVid are rendered live and never committed (notebook outputs included)
+    licence = "CC BY-NC 4.0: personal and research use only, not for commercial (e.g. paid) use"
+    attribution = ("CamVid: Brostow, Fauqueur, Cipolla, 'Semantic object classes in video: a high-definition ground "
+                   "truth database', Pattern Recognition Letters 2009; split of the SegNet tutorial (Badrinarayanan, "
+                   "Kendall, Cipolla)")
 
     @classmethod
     def has_layout(cls, root: Path) -> bool:
         return (root / "train" / "images").is_dir()
+
+    @classmethod
+    def credit(cls) -> str:
+        """The licence and attribution lines to print beside any figure of this dataset."""
+        return f"{cls.attribution}.\nLicence: {cls.licence}."
 
     def _find_samples(self) -> list[tuple[str, Path, Path | None]]:
         images = self._require_dir(self.root / self.split / "images")

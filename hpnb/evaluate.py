@@ -185,16 +185,18 @@ def evaluate_run(run, split: str | None = None, crf: bool = True, which: str = "
     from pathlib import Path
 
     from hpnb.backbones import load_backbone
+    from hpnb.crf import resolve_crf
     from hpnb.train import build_dataset
     from hpnb.viz import label_grid, use_headless_backend
 
+    crf = resolve_crf(crf)  # without pydensecrf: one line, then no "+crf" heads
     use_headless_backend()
     run = Path(run)
     cfg, model = load_run(run, which)
     split = split or cfg.test_split
     backbone = load_backbone(cfg.backbone, weights=cfg.backbone_weights, device="cpu")
     dataset = build_dataset(cfg, split, cfg.val_res, cfg.n_val)
-    fs = extract_features_for(backbone, dataset, progress)
+    fs = extract_features_for(backbone, dataset, progress, precision=cfg.feature_precision)
     n_classes, classes = model.n_classes, list(model.classes)
     results = {"HP": evaluate(model_predictor(model), fs, n_classes, crf=crf, workers=workers, progress=progress)}
     if baseline:
@@ -203,7 +205,7 @@ def evaluate_run(run, split: str | None = None, crf: bool = True, which: str = "
         # the trainer's cached train features (they carry attention) serve when the resolutions agree
         reuse = cfg.backbone_mode == "cache" and cfg.val_res == cfg.res
         train_fs = extract_features(backbone, build_dataset(cfg, cfg.train_split, cfg.val_res, cfg.n_train),
-                                    attention=reuse, progress=progress)
+                                    attention=reuse, progress=progress, precision=cfg.feature_precision)
         steps = _run_steps(run)  # the baseline's linear probe gets the HP run's online-probe budget
         results["k-means"] = evaluate(kmeans_predictor(train_fs, n_classes, seed=cfg.seed, probe_steps=steps,
                                                        probe_batch=cfg.batch_size, probe_lr=cfg.linear_lr),
@@ -245,11 +247,11 @@ def _run_steps(run) -> int:
     return max(1, json.loads(lines[-1])["step"]) if lines else 200
 
 
-def extract_features_for(backbone, dataset, progress: bool = True):
+def extract_features_for(backbone, dataset, progress: bool = True, precision: str = "auto"):
     """Cached features without attention (evaluation does not need it)."""
     from hpnb.features import extract_features
 
-    return extract_features(backbone, dataset, attention=False, progress=progress)
+    return extract_features(backbone, dataset, attention=False, progress=progress, precision=precision)
 
 
 def _colours(cfg, n: int):
@@ -315,9 +317,9 @@ def predict(image, run_or_checkpoint, crf: bool = True, head: str = "cluster", w
         else:
             up = F.normalize(F.interpolate(codes, size=(h, w), mode="bilinear", align_corners=False), dim=1)
             logits = 2 * torch.einsum("bkhw,ck->bchw", up, F.normalize(model.cluster_probe.centroids, dim=1))[0]
-    if crf:
-        from hpnb.crf import dense_crf
+    from hpnb.crf import dense_crf, resolve_crf
 
+    if resolve_crf(crf):  # without pydensecrf: one line, then the prediction without the CRF
         labels = torch.from_numpy(dense_crf(image, torch.log_softmax(logits, 0)).argmax(0))
     else:
         labels = logits.argmax(0)

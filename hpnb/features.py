@@ -1,11 +1,17 @@
 """Feature cache: run the frozen backbone over a dataset once, keep fp16 patch features and attention on disk.
 
-One file per (backbone, dataset, split, resolution, transform, size); reused afterwards, recomputed on demand.
-Holds what later steps need without the backbone: patch features (N, C, h, w), head-averaged last-block
+One file per (backbone, dataset, split, resolution, transform, size, precision); reused afterwards, recomputed on
+demand. Holds what later steps need without the backbone: patch features (N, C, h, w), head-averaged last-block
 PRE-softmax attention scores (N, 1+hw, 1+hw) (the LHP input of spec §2.7), labels and uint8 images (figures, CRF).
+
+Precision: on the CPU the backbone runs in float64 by default ("exact"). Its rounding error (~1e-16) is far below
+the fp16 step of the cache (~1e-3), so the cached file is bit-identical on every CPU model and thread count, and so
+is everything computed from it; fp32 kernels differ between CPUs (AVX2 vs AVX-512) by ~1e-5, which flips about
+0.5 % of the fp16 values. On CUDA the backbone runs in bf16 autocast (fast; not bit-reproducible across GPUs).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -20,6 +26,7 @@ from hpnb.data import denormalize
 from hpnb.utils import HpnbError, cache_dir
 
 FORMAT_VERSION = 1
+PRECISIONS = ("auto", "float64", "float32")
 
 
 @dataclass
@@ -71,9 +78,18 @@ def dataset_key(dataset: Dataset) -> dict:
     }
 
 
-def cache_path(backbone: FrozenViT, key: dict, attention: bool) -> Path:
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """What the backbone runs in: "auto" is float64 on the CPU (bit-reproducible caches) and bf16 autocast on CUDA."""
+    if precision not in PRECISIONS:
+        raise HpnbError(f"precision must be one of {', '.join(PRECISIONS)}, found {precision!r}")
+    if precision == "auto":
+        return "bfloat16" if device.type == "cuda" else "float64"
+    return precision
+
+
+def cache_path(backbone: FrozenViT, key: dict, attention: bool, precision: str = "float64") -> Path:
     """File name: readable prefix + hash of the full key."""
-    full = {**key, "backbone": backbone.name, "attention": attention, "version": FORMAT_VERSION}
+    full = {**key, "backbone": backbone.name, "attention": attention, "version": FORMAT_VERSION, "precision": precision}
     digest = hashlib.sha1(json.dumps(full, sort_keys=True).encode()).hexdigest()[:10]
     res = "x".join(map(str, key["res"]))
     return cache_dir("features") / f"{key['dataset']}_{key['split']}_{backbone.name}_{res}_{digest}.pt"
@@ -91,17 +107,21 @@ def _empty_error(dataset: Dataset) -> HpnbError:
 
 @torch.no_grad()
 def compute_features(backbone: FrozenViT, dataset: Dataset, batch_size: int = 8, attention: bool = True,
-                     progress: bool = True, num_workers: int = 0) -> FeatureSet:
-    """Run the backbone over `dataset` (items with 'image', 'label', 'name') and collect fp16 outputs on CPU."""
+                     progress: bool = True, num_workers: int = 0, precision: str = "auto") -> FeatureSet:
+    """Run the backbone over `dataset` (items with 'image', 'label', 'name') and collect fp16 outputs on CPU.
+
+    `precision`: "auto" (float64 on the CPU, bf16 autocast on CUDA), "float64" or "float32" (see the module doc)."""
     if len(dataset) == 0:
         raise _empty_error(dataset)
     device = next(backbone.parameters()).device
+    precision = resolve_precision(precision, device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     feats, attns, labels, images, names = [], [], [], [], []
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bfloat16" else torch.autocast("cpu", enabled=False)
+    net, dtype = (copy.deepcopy(backbone).double(), torch.float64) if precision == "float64" else (backbone, None)
     for batch in tqdm(loader, desc=f"features {getattr(dataset, 'split', '')}", disable=not progress, leave=False):
         with autocast:
-            out = backbone(batch["image"].to(device), attention=attention)
+            out = net(batch["image"].to(device=device, dtype=dtype), attention=attention)
         feats.append(out.feats.half().cpu())
         if attention:  # head mean in the scores' own dtype, then stored as fp16 (spec §2.7 step 2)
             attns.append(out.attn.mean(dim=1).half().cpu())
@@ -113,16 +133,22 @@ def compute_features(backbone: FrozenViT, dataset: Dataset, batch_size: int = 8,
 
 
 def extract_features(backbone: FrozenViT, dataset: Dataset, batch_size: int = 8, attention: bool = True,
-                     cache: bool = True, refresh: bool = False, progress: bool = True) -> FeatureSet:
-    """Load the cached features of `dataset` for `backbone`, computing and saving them when missing (or `refresh`)."""
+                     cache: bool = True, refresh: bool = False, progress: bool = True,
+                     precision: str = "auto") -> FeatureSet:
+    """Load the cached features of `dataset` for `backbone`, computing and saving them when missing (or `refresh`).
+
+    `precision` as in `compute_features`; the default makes CPU caches identical on every machine."""
     if len(dataset) == 0:
         raise _empty_error(dataset)
+    precision = resolve_precision(precision, next(backbone.parameters()).device)
     key = dataset_key(dataset)
-    path = cache_path(backbone, key, attention)
+    path = cache_path(backbone, key, attention, precision)
     if cache and path.is_file() and not refresh:
         return load_features(path)
-    fs = compute_features(backbone, dataset, batch_size=batch_size, attention=attention, progress=progress)
-    fs.meta = {**key, "backbone": backbone.name, "patch_size": backbone.patch_size, "version": FORMAT_VERSION}
+    fs = compute_features(backbone, dataset, batch_size=batch_size, attention=attention, progress=progress,
+                          precision=precision)
+    fs.meta = {**key, "backbone": backbone.name, "patch_size": backbone.patch_size, "version": FORMAT_VERSION,
+               "precision": precision}
     if cache:
         save_features(fs, path)
     return fs

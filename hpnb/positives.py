@@ -8,9 +8,27 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from hpnb.utils import HpnbError
+
 # ----------------------------------------------------------------------------------------------------------
 # Reference pools and criteria (GHP)
 # ----------------------------------------------------------------------------------------------------------
+
+
+def pool_image_indices(n_images: int, pool_size: int, generator: torch.Generator | None = None,
+                       exclude=()) -> torch.Tensor:
+    """The M images a reference pool draws from: M distinct indices in [0, n_images), without replacement, none
+    of them in `exclude` (e.g. the anchor images of a measurement), spec §2.2. Raises when fewer than M remain."""
+    excluded = {int(i) for i in exclude}
+    allowed = torch.tensor([i for i in range(n_images) if i not in excluded], dtype=torch.long)
+    if pool_size > len(allowed):
+        outside = f" outside the {len(excluded)} anchor images" if excluded else ""
+        raise HpnbError(f"a reference pool of M={pool_size} takes one patch from each of {pool_size} different images, "
+                        f"but only {len(allowed)} images are available{outside} ({n_images} in all). Lower M "
+                        f"(pool_size) to at most {len(allowed)}, or use more images.")
+    if not excluded:  # the trainer's draw: randperm over all images, its first M
+        return torch.randperm(n_images, generator=generator)[:pool_size]
+    return allowed[torch.randperm(len(allowed), generator=generator)[:pool_size]]
 
 
 def sample_patches_per_image(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -18,7 +36,7 @@ def sample_patches_per_image(x: torch.Tensor, generator: torch.Generator | None 
     b, d, h, w = x.shape
     idx = torch.randint(h * w, (b,), generator=generator, device="cpu").to(x.device)
     picked = x.flatten(2)[torch.arange(b, device=x.device), :, idx]
-    return F.normalize(picked.float(), dim=1)
+    return F.normalize(picked.to(torch.promote_types(picked.dtype, torch.float32)), dim=1)
 
 
 def build_reference_pools(feature_batches, heads, pool_size: int, generator: torch.Generator | None = None,

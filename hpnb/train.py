@@ -8,11 +8,13 @@ cluster/linear Acc and mIoU, as the official code), metrics.json, figures.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -22,7 +24,7 @@ from hpnb.features import FeatureSet, extract_features
 from hpnb.heads import ema_update
 from hpnb.losses import LossConfig, hp_loss, lambda_schedule
 from hpnb.model import HPModel
-from hpnb.positives import attention_to_lhp, build_reference_pools
+from hpnb.positives import attention_to_lhp, build_reference_pools, pool_image_indices
 from hpnb.utils import HpnbError, pick_device, seed_everything
 
 CHECKPOINT, BEST, LAST_GOOD = "checkpoint.pt", "best.pt", "last_good.pt"
@@ -70,11 +72,12 @@ class CachedSource:
     """Training batches from cached features: clean features, precomputed LHP weights, one of K augmented views."""
 
     def __init__(self, cfg: HPConfig, backbone, dataset, progress: bool = True):
-        self.train = extract_features(backbone, dataset, progress=progress)
+        self.train = extract_features(backbone, dataset, progress=progress, precision=cfg.feature_precision)
         if self.train.attn is None:
             raise HpnbError("cached training features lack attention; delete the cache file and extract again")
         self.aug = [extract_features(backbone, AugmentedView(dataset, v, cfg.seed, cfg.jitter_after_normalise),
-                                     attention=False, progress=progress).feats for v in range(max(cfg.aug_views, 1))]
+                                     attention=False, progress=progress, precision=cfg.feature_precision).feats
+                    for v in range(max(cfg.aug_views, 1))]
         # LHP weights depend only on the frozen attention: computed once (spec §2.7)
         parts = [attention_to_lhp(self.train.attn[i:i + 64], self.train.grid, cfg.form, cfg.sigma)
                  for i in range(0, len(self.train), 64)]
@@ -166,7 +169,7 @@ class Trainer:
         else:
             raise HpnbError(f"backbone_mode must be 'cache' or 'online', found {cfg.backbone_mode!r}")
         self.val = extract_features(self.backbone, build_dataset(cfg, cfg.val_split, cfg.val_res, cfg.n_val),
-                                    attention=False, progress=progress)
+                                    attention=False, progress=progress, precision=cfg.feature_precision)
         seed_everything(cfg.seed)  # here, so the init does not depend on whether features came from the cache
         self.model = HPModel(self.backbone.embed_dim, cfg.dim, self.n_classes, cfg.dropout, cfg.form).to(self.device)
         self.model.train()
@@ -192,7 +195,7 @@ class Trainer:
     # -- pools --------------------------------------------------------------------------------------------
     def build_pools(self, task_agnostic: bool) -> None:
         """Q_ag (once) and/or Q_sp (renewed) from M random training images, the net in train mode (spec §2.2)."""
-        idx = torch.randperm(self.source.n, generator=self.gen)[:self.cfg.pool_size]
+        idx = pool_image_indices(self.source.n, self.cfg.pool_size, self.gen)  # M distinct images
         batches = (self.source.pool_features(chunk, self.device) for chunk in idx.split(self.cfg.batch_size))
         q_ag, q_sp = build_reference_pools(batches, self.model.heads, self.cfg.pool_size, self.gen,
                                            task_specific=self.cfg.use_sp)
@@ -350,6 +353,58 @@ def train(cfg: HPConfig, out: str | Path | None = None, resume: bool = False, ba
           progress: bool = True) -> TrainResult:
     """Train HP with `cfg` into `out` (default runs/<cfg.name>)."""
     return Trainer(cfg, out or Path("runs") / cfg.name, backbone=backbone, progress=progress).fit(resume=resume)
+
+
+def run_steps(cfg: HPConfig) -> int:
+    """The number of iterations a config trains for: epochs × (training images // batch), capped by max_iters."""
+    n_train = len(build_dataset(cfg, cfg.train_split, cfg.res, cfg.n_train))
+    return min(cfg.epochs * (n_train // cfg.batch_size), cfg.max_iters or 10**9)
+
+
+def _finished_run(out: Path, cfg: HPConfig, total: int) -> bool | None:
+    """True: `out` holds this config, trained to the end; False: this config, unfinished; None: empty or another config."""
+    saved = out / "config.json"
+    if not saved.is_file():
+        return None
+    if json.loads(saved.read_text()) != json.loads(json.dumps(cfg.to_dict())):
+        return None
+    ckpt = out / CHECKPOINT
+    done = (ckpt.is_file() and (out / "metrics.json").is_file()
+            and torch.load(ckpt, map_location="cpu", weights_only=True)["step"] == total)
+    return done
+
+
+class TrainedRun(NamedTuple):
+    """A finished run: its config, the model of the checkpoint selected on val (eval mode) and its folder."""
+
+    cfg: HPConfig
+    model: HPModel
+    out: Path
+
+
+def train_or_load(cfg: HPConfig, out: str | Path, backbone=None, progress: bool = False) -> TrainedRun:
+    """Train `cfg` into `out` unless a finished run of exactly this config is there (an interrupted one resumes);
+    print one stable line either way and return the run (config, model selected on val in eval mode, folder).
+
+    A folder that holds a run of another config is never overwritten: this config then goes to `out-<digest>`,
+    a digest of the config, so a notebook that changes a parameter keeps the default run intact."""
+    from hpnb.evaluate import load_run
+    from hpnb.printing import pct
+
+    out = Path(out)
+    total = run_steps(cfg)
+    state = _finished_run(out, cfg, total)
+    if state is None and (out / "config.json").is_file():
+        digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        out = out.with_name(f"{out.name}-{digest}")
+        state = _finished_run(out, cfg, total)
+    if not state:
+        train(cfg, out=out, resume=state is False, backbone=backbone, progress=progress)
+    best = json.loads((out / "metrics.json").read_text())["best"]
+    print(f"{out.name}: {total} steps; best on val at step {best['step']}: "
+          f"cluster Acc {pct(best['cluster']['acc'] / 100)} mIoU {pct(best['cluster']['miou'] / 100)} | "
+          f"linear Acc {pct(best['linear']['acc'] / 100)} mIoU {pct(best['linear']['miou'] / 100)}")
+    return TrainedRun(*load_run(out), out)
 
 
 def plot_log(out: str | Path) -> Path | None:

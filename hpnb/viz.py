@@ -121,6 +121,36 @@ def iou_table(ious: dict[str, list[float]], classes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def crf_comparison(scores: dict, title: str = ""):
+    """Bars of Acc and mIoU (%) per head, without and with the dense CRF when those heads are present.
+
+    `scores`: {"cluster": Scores, "linear": ..., optionally "cluster+crf", "linear+crf"}. Without the CRF heads the
+    same two panels show the plain heads and say how to add the CRF, so a notebook's output has the same shape on
+    machines with and without pydensecrf."""
+    import matplotlib.pyplot as plt
+
+    heads = ("cluster", "linear")
+    with_crf = all(f"{h}+crf" in scores for h in heads)
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.8))
+    for ax, metric in zip(axes, ("acc", "miou")):
+        bars = {"without CRF": [getattr(scores[h], metric) for h in heads]}
+        if with_crf:
+            bars["with CRF"] = [getattr(scores[f"{h}+crf"], metric) for h in heads]
+        width = 0.8 / len(bars)
+        for k, (label, values) in enumerate(bars.items()):
+            xs = [i + (k - (len(bars) - 1) / 2) * width for i in range(len(heads))]
+            drawn = ax.bar(xs, values, width, label=label)
+            ax.bar_label(drawn, fmt="%.1f", fontsize=8)
+        ax.set_xticks(range(len(heads)), heads)
+        ax.set_ylabel(f"{'Acc' if metric == 'acc' else 'mIoU'} (%)")
+        ax.set_ylim(0, 1.2 * max(max(v) for v in bars.values()))
+        ax.legend(fontsize=8, loc="lower right")
+    note = "" if with_crf else " (dense CRF not installed: pip install -r requirements-crf.txt)"
+    fig.suptitle((title or "Effect of the dense CRF") + note, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def use_headless_backend() -> None:
     """Select matplotlib's file-only backend (CLI and tests; notebooks keep their inline backend)."""
     matplotlib.use("Agg")

@@ -1,4 +1,6 @@
-"""Feature cache: shapes, reuse, refresh, atomic files and clear errors."""
+"""Feature cache: shapes, reuse, refresh, atomic files, clear errors, the same bits on every CPU."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -63,3 +65,37 @@ def test_changed_data_with_the_same_name_is_not_served_from_the_cache(random_bac
     second = extract_features(random_backbone, a, progress=False)
     assert first.path != second.path
     assert not torch.equal(first.feats, second.feats)
+
+
+def _features_in_subprocess(tmp_path, name, precision, env):
+    """Features of two toy scenes (the real offline DINOv2-S/14, 224 px) in a fresh process under `env`: fp16 tensors."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / f"{name}.pt"
+    code = textwrap.dedent(f"""
+        import torch
+        from hpnb.backbones import load_backbone
+        from hpnb.features import compute_features
+        from hpnb.toyworld import ToyWorld
+        bb = load_backbone("dinov2_vits14_imgfocus")
+        fs = compute_features(bb, ToyWorld("val", n=2, res=224), progress=False, precision={precision!r})
+        torch.save({{"feats": fs.feats, "attn": fs.attn}}, {str(out)!r})
+    """)
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env={**os.environ, **env})
+    return torch.load(out)
+
+
+def test_float64_caches_are_bit_identical_across_cpu_instruction_sets_and_threads(tmp_path):
+    """What another CPU model does to the kernels, emulated: AVX2-only vectorised ATen and MKL kernels, 1 thread."""
+    other_cpu = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OMP_NUM_THREADS": "1"}
+    native, emulated = (_features_in_subprocess(tmp_path, f"f64_{k}", "float64", env)
+                        for k, env in (("native", {}), ("other", other_cpu)))
+    assert torch.equal(native["feats"], emulated["feats"]) and torch.equal(native["attn"], emulated["attn"])
+    if torch.backends.cpu.get_cpu_capability() == "AVX512":  # the emulation really changes the kernels here:
+        f32 = [_features_in_subprocess(tmp_path, f"f32_{k}", "float32", env)["feats"]  # fp32 differs
+               for k, env in (("native", {}), ("other", other_cpu))]
+        assert not torch.equal(*f32), "float32 was bit-identical too: the emulated CPU did not change the kernels"

@@ -70,3 +70,16 @@ def test_without_hungarian_the_identity_is_used():
     m = SegmentationMetric(2, hungarian=False)
     m.update(torch.tensor([1, 0]), torch.tensor([0, 1]))
     assert m.compute().acc == 0.0
+
+
+def test_patch_labels_take_the_majority_with_ties_to_ignore_then_the_smaller_class():
+    from hpnb.metrics import patch_labels
+
+    labels = torch.tensor([[[0, 0, 1, 1],
+                            [0, -1, 1, 2],
+                            [2, 2, -1, -1],
+                            [3, 3, 1, 3]]])
+    # patches: {0,0,0,-1} -> 0 | {1,1,1,2} -> 1 | {2,2,3,3} tie -> 2 | {-1,-1,1,3} -> ignore
+    assert patch_labels(labels, (2, 2)).tolist() == [[[0, 1], [2, -1]]]
+    tie = torch.tensor([[[-1, 4], [4, -1]]])
+    assert patch_labels(tie, (1, 1)).tolist() == [[[-1]]]

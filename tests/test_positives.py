@@ -137,3 +137,22 @@ def test_reference_pools_take_m_images_and_are_unit_length():
     assert torch.allclose(q_ag.norm(dim=1), torch.ones(7), atol=1e-3)
     with pytest.raises(ValueError, match="M=20 needs 20 images, the data gave 12"):
         build_reference_pools((torch.randn(3, 6, 2, 2) for _ in range(4)), heads, pool_size=20)
+
+
+def test_pool_images_are_distinct_drawn_without_replacement_and_avoid_the_anchors():
+    from hpnb.positives import pool_image_indices
+
+    g = torch.Generator().manual_seed(0)
+    idx = pool_image_indices(40, 24, g, exclude=range(16))
+    assert len(idx) == 24 and len(set(idx.tolist())) == 24 and min(idx.tolist()) >= 16
+    # without exclusions it is the trainer's draw: the first M of one permutation
+    assert torch.equal(pool_image_indices(40, 24, torch.Generator().manual_seed(3)),
+                       torch.randperm(40, generator=torch.Generator().manual_seed(3))[:24])
+
+
+def test_a_pool_larger_than_the_images_left_is_refused_with_the_numbers():
+    from hpnb import HpnbError
+    from hpnb.positives import pool_image_indices
+
+    with pytest.raises(HpnbError, match=r"M=256 .* only 84 images are available outside the 16 anchor images"):
+        pool_image_indices(100, 256, exclude=range(16))
