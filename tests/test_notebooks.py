@@ -51,13 +51,14 @@ def _toy_features():
     import torch
 
     torch.manual_seed(0)
-    return extract_features(load_backbone(weights="random"), ToyWorld("val", n=8, res=56), progress=False)
+    return extract_features(load_backbone(weights="random"), ToyWorld("val", n=40, res=56), progress=False)
 
 
 def test_pool_size_widget_recomputes_when_the_slider_moves(tmp_cache):
     from hpnb.widgets import explore_pool_size
 
-    exp = explore_pool_size(_toy_features(), values=(4, 8, 32), n_images=8)
+    exp = explore_pool_size(_toy_features(), values=(4, 8, 32, 64), n_images=8)
+    assert exp.widget.children[0].options == (4, 8, 32)  # M = 64 > the 32 non-anchor images is left out
     first = dict(exp.last)
     exp.widget.children[0].value = 32  # what a user's slider move does
     assert exp.last["M"] == 32 and exp.last != first
@@ -74,3 +75,32 @@ def test_temperature_widget_recomputes_when_the_sliders_move(tmp_cache):
     assert exp.last["tau"] == 0.2 and exp.last["mass_on_positives"] > base["mass_on_positives"]
     exp.widget.children[1].value = 0.5  # ρ
     assert exp.last["denominator_size"] > base["denominator_size"]
+
+
+def test_no_camvid_pixels_are_committed():
+    """CamVid is CC BY-NC, not the project's licence: its figures render live only, in `live-only` cells whose
+    outputs are stripped before a commit (and are not compared by nbval); no other cell that reads CamVid shows images."""
+    for path in NOTEBOOKS:
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            tags = cell.get("metadata", {}).get("tags", [])
+            images = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+            if "live-only" in tags:
+                assert not cell["outputs"], f"{path.name}: a live-only cell has committed outputs"
+                assert "nbval-ignore-output" in tags, f"{path.name}: a live-only cell must be nbval-ignore-output"
+            elif "camvid" in "".join(cell["source"]).lower() and images:
+                raise AssertionError(f"{path.name}: a cell that reads CamVid commits a figure; tag it live-only")
+
+
+def test_cleaning_strips_live_only_outputs():
+    sys.path.insert(0, str(ROOT / "tools"))
+    from clean_notebooks import clean
+
+    nb = {"nbformat": 4, "nbformat_minor": 4, "metadata": {}, "cells": [
+        {"cell_type": "code", "metadata": {"tags": ["live-only", "nbval-ignore-output"]}, "execution_count": 3,
+         "source": "show_camvid()", "outputs": [{"output_type": "display_data", "data": {"image/png": "AAAA"}}]},
+        {"cell_type": "code", "metadata": {}, "execution_count": 4, "source": "1", "outputs": [{"output_type": "stream"}]}]}
+    cleaned = clean(nb)
+    assert cleaned["cells"][0]["outputs"] == [] and cleaned["cells"][0]["execution_count"] is None
+    assert cleaned["cells"][1]["outputs"] == [{"output_type": "stream"}]

@@ -1,5 +1,8 @@
 """Strip execution metadata from notebooks but keep their outputs (the committed outputs are the CPU run).
 
+Cells tagged `live-only` lose their outputs too: they render data whose licence is not the project's (CamVid,
+CC BY-NC) and show it only when a user runs the notebook with the data present; such pixels are never committed.
+
     python tools/clean_notebooks.py notebooks/*.ipynb          # clean in place
     python tools/clean_notebooks.py --check notebooks/*.ipynb  # exit 1 if any file would change (used by tests)
 """
@@ -11,6 +14,7 @@ import sys
 from pathlib import Path
 
 KEEP_NOTEBOOK_METADATA = ("kernelspec", "language_info")
+LIVE_ONLY = "live-only"
 
 
 def clean(nb: dict) -> dict:
@@ -22,6 +26,8 @@ def clean(nb: dict) -> dict:
     for cell in nb.get("cells", []):
         meta = cell.get("metadata", {})
         cell["metadata"] = {k: v for k, v in meta.items() if k == "tags" and v}
+        if LIVE_ONLY in cell["metadata"].get("tags", []):
+            cell["outputs"], cell["execution_count"] = [], None
         cell.pop("id", None) if nb.get("nbformat_minor", 0) < 5 else None
     return nb
 
