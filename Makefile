@@ -14,7 +14,7 @@ CRF_FAILED := note: the optional dense CRF (pydensecrf2) did not build (it needs
 CRF_SKIPPED := note: CRF=$(CRF), so the optional dense CRF (pydensecrf2) is not installed; CRF steps are skipped. \
   $(CRF_LATER)
 
-.PHONY: setup demo test lab clean-cache
+.PHONY: setup demo test lint format lab clean-cache
 
 $(STAMP): requirements.txt requirements-crf.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,20 @@ demo: $(STAMP)
 
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout 300
 
-test: $(STAMP)
+LINTED := hpnb tests benchmarks tools notebooks
+
+# lint: ruff's checks (pyflakes, bugbear, import order) and its format check, notebooks' code cells included
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+# format: fix what ruff can, then re-clean the notebooks' JSON (outputs are kept)
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix $(LINTED)
+	$(VENV)/bin/ruff format $(LINTED)
+	$(PY) tools/clean_notebooks.py notebooks/*.ipynb
+
+test: $(STAMP) lint
 	$(PY) -m pytest -q -m "not after_notebooks" tests
 	$(PY) -m pytest -q $(NBVAL) notebooks
 	$(PY) -m pytest -q -m after_notebooks tests

@@ -9,6 +9,7 @@ the worker processes. The speed-up cannot exceed the number of cores. With --rep
 pool alternate R times and the best time of each is kept (the least disturbed by other work on a shared machine);
 the load average printed at the start shows whether other processes were competing for the cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,9 @@ import torch.nn.functional as F
 from hpnb.crf import crf_batch, crf_labels
 
 
-def synthetic_inputs(n: int, res: int, classes: int, grid: int, seed: int = 0
-                     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def synthetic_inputs(
+    n: int, res: int, classes: int, grid: int, seed: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """n uint8 (res, res, 3) images and their float32 (classes, res, res) log-probabilities."""
     g = np.random.default_rng(seed)
     colours = g.integers(0, 256, (classes, 3))
@@ -50,14 +52,16 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="alternate R times, keep the best of each")
     args = p.parse_args()
     images, logps = synthetic_inputs(args.images, args.res, args.classes, args.grid)
-    print(f"{args.images} images {args.res}x{args.res}, {args.classes} classes, 10 mean-field iterations; "
-          f"CPU with {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(
+        f"{args.images} images {args.res}x{args.res}, {args.classes} classes, 10 mean-field iterations; "
+        f"CPU with {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
 
     load0 = os.getloadavg()[0]
     t_serial = t_pool = float("inf")
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        serial = [crf_labels(im, lp) for im, lp in zip(images, logps)]
+        serial = [crf_labels(im, lp) for im, lp in zip(images, logps, strict=True)]
         t_serial = min(t_serial, time.perf_counter() - t0)
         t0 = time.perf_counter()
         pooled = crf_batch(images, logps, workers=args.workers)
@@ -66,9 +70,11 @@ def main() -> None:
     print(f"serial loop          : {t_serial:6.1f} s  {args.images / t_serial:6.2f} images/s{best}")
     print(f"crf_batch workers={args.workers:<3d}: {t_pool:6.1f} s  {args.images / t_pool:6.2f} images/s{best}")
 
-    same = all(np.array_equal(a, b) for a, b in zip(serial, pooled))
-    print(f"speed-up {t_serial / t_pool:.2f}x | identical labels: {same} | "
-          f"1-min load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end")
+    same = all(np.array_equal(a, b) for a, b in zip(serial, pooled, strict=True))
+    print(
+        f"speed-up {t_serial / t_pool:.2f}x | identical labels: {same} | "
+        f"1-min load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end"
+    )
 
 
 if __name__ == "__main__":

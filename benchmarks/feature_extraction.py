@@ -5,6 +5,7 @@
 
 Prints one line per path; copy the output into benchmarks/README.md with the machine and command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,14 +43,23 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default=None)
     p.add_argument("--random", action="store_true", help="random weights (no weight files needed)")
-    p.add_argument("--precision", action="store_true",
-                   help="also time the float64 forward that CPU feature caches use (bit-reproducible across CPUs)")
+    p.add_argument(
+        "--precision",
+        action="store_true",
+        help="also time the float64 forward that CPU feature caches use (bit-reproducible across CPUs)",
+    )
     args = p.parse_args()
     device = pick_device(args.device)
     model = load_backbone(args.backbone, weights="random" if args.random else None, device=device)
     x = torch.randn(args.batch, 3, args.res, args.res, device=device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
     print(f"# {args.backbone} at {args.res}px, batch {args.batch}, {name}, torch {torch.__version__}")
 
     def fused():
@@ -60,10 +70,14 @@ def main() -> None:
         def run():
             with amp:
                 model(x, attention=attention)
+
         return run
 
-    rows = {"timm fused forward (reference)": fused, "hpnb FrozenViT, feats only": ours(False),
-            "hpnb FrozenViT, feats + last-block attention": ours(True)}
+    rows = {
+        "timm fused forward (reference)": fused,
+        "hpnb FrozenViT, feats only": ours(False),
+        "hpnb FrozenViT, feats + last-block attention": ours(True),
+    }
     if args.precision:  # what extract_features(precision="float64") runs: a float64 copy of the backbone
         import copy
 

@@ -7,6 +7,7 @@ COCO setting: B = 64 crops, 28×28 = 784 patches each (ViT-S/8 at 224), K = 512,
 mixing (Eq. 7–9), the projection head Z and `hp_loss` forward + backward. Peak memory: CUDA max allocated, or on
 CPU the growth of the process's peak resident set over the step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,12 @@ def main() -> None:
         z = proj(codes).flatten(2).transpose(1, 2)
         z_mix = proj(mix_codes(codes, weights, denom)).flatten(2).transpose(1, 2)
         z_aug = proj(z_aug_src).flatten(2).transpose(1, 2)
-        out = hp_loss(LossInputs(z=z, f=feats, c_ag=c_ag, s_ema=s_ema, c_sp=c_sp, z_mix=z_mix, z_aug=z_aug),
-                      cfg, lam=0.5, generator=gen)
+        out = hp_loss(
+            LossInputs(z=z, f=feats, c_ag=c_ag, s_ema=s_ema, c_sp=c_sp, z_mix=z_mix, z_aug=z_aug),
+            cfg,
+            lam=0.5,
+            generator=gen,
+        )
         out.total.backward()
         codes.grad = None
         return float(out.total.detach())
@@ -87,9 +92,13 @@ def main() -> None:
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         peak = f"peak RSS {peak_rss:.0f} MiB (+{peak_rss - rss0:.0f} MiB above the inputs)"
         where = f"CPU, {torch.get_num_threads()} threads"
-    print(f"form={args.form} B={b} N={n} K={k} C={c} M={args.pool} chunk={args.chunk} on {where}, torch {torch.__version__}")
-    print(f"loss {loss:.4f} | forward+backward median {1000 * statistics.median(times):.0f} ms "
-          f"over {args.repeats} | {peak}")
+    print(
+        f"form={args.form} B={b} N={n} K={k} C={c} M={args.pool} chunk={args.chunk} on {where}, torch {torch.__version__}"
+    )
+    print(
+        f"loss {loss:.4f} | forward+backward median {1000 * statistics.median(times):.0f} ms "
+        f"over {args.repeats} | {peak}"
+    )
 
 
 if __name__ == "__main__":

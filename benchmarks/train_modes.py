@@ -6,6 +6,7 @@ Cache mode pays the feature extraction once (clean view + `aug_views` fixed augm
 iteration only runs the heads and the loss. Online mode runs the frozen backbone on the clean and on a freshly
 augmented view every iteration (the official behaviour): no disk, unlimited augmentations, more compute.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,16 +27,25 @@ def main() -> None:
     p.add_argument("--device", default=None)
     args = p.parse_args()
     for mode in ("cache", "online"):
-        cfg = get_config(args.preset, backbone_mode=mode, max_iters=args.iters, val_every=10**9, checkpoint_every=10**9,
-                         log_every=1, device=args.device)
+        cfg = get_config(
+            args.preset,
+            backbone_mode=mode,
+            max_iters=args.iters,
+            val_every=10**9,
+            checkpoint_every=10**9,
+            log_every=1,
+            device=args.device,
+        )
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
             train(cfg, out=out, progress=False)
             total = time.perf_counter() - t0
             rows = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
         per_iter = statistics.median(r["seconds"] for r in rows[1:])
-        print(f"{args.preset} {mode:>6}: {per_iter:.3f} s/iteration (median of {len(rows) - 1}), "
-              f"{total:.1f} s for {args.iters} iterations including set-up (features, pools, final validation)")
+        print(
+            f"{args.preset} {mode:>6}: {per_iter:.3f} s/iteration (median of {len(rows) - 1}), "
+            f"{total:.1f} s for {args.iters} iterations including set-up (features, pools, final validation)"
+        )
 
 
 if __name__ == "__main__":

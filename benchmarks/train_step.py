@@ -7,6 +7,7 @@ augmented view (bf16 on CUDA), LHP from the last-block attention, the HP loss (c
 optimizer steps. Prints the median ms/iteration, the peak memory (CUDA max allocated, or the CPU process's peak
 resident set) and the device name. On a 2-core CPU use a small --batch (the work grows with B²).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,14 @@ def main() -> None:
     args = p.parse_args()
     from hpnb.config import parse_overrides
 
-    cfg = get_config(args.preset, backbone_mode="online", backbone_weights="random", device=args.device,
-                     **({"batch_size": args.batch} if args.batch else {}), **parse_overrides(args.overrides))
+    cfg = get_config(
+        args.preset,
+        backbone_mode="online",
+        backbone_weights="random",
+        device=args.device,
+        **({"batch_size": args.batch} if args.batch else {}),
+        **parse_overrides(args.overrides),
+    )
     n_classes = 27 if "27" in args.preset else (3 if "potsdam" in args.preset else 11)
     n_images = max(cfg.batch_size * 2, cfg.pool_size)
     data = SyntheticImages(n_images, cfg.res, n_classes)
@@ -80,15 +87,22 @@ def main() -> None:
             if it:  # the first iteration warms up kernels and allocators
                 times.append(time.perf_counter() - t0)
     if device.type == "cuda":
-        name, peak = torch.cuda.get_device_name(device), f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (cuda max allocated)"
+        name, peak = (
+            torch.cuda.get_device_name(device),
+            f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (cuda max allocated)",
+        )
     else:
         name = f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
         peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process peak RSS)"
     grid = cfg.res // trainer.backbone.patch_size
-    print(f"{args.preset}: batch {cfg.batch_size}, {cfg.res} px ({grid}×{grid} patches), backbone {cfg.backbone} "
-          f"(random weights), K={cfg.dim}, M={cfg.pool_size} | {name} | torch {torch.__version__}")
-    print(f"median {1000 * statistics.median(times):.0f} ms/iteration over {len(times)} | peak {peak} | "
-          f"one Q_sp renewal {1000 * renew:.0f} ms")
+    print(
+        f"{args.preset}: batch {cfg.batch_size}, {cfg.res} px ({grid}×{grid} patches), backbone {cfg.backbone} "
+        f"(random weights), K={cfg.dim}, M={cfg.pool_size} | {name} | torch {torch.__version__}"
+    )
+    print(
+        f"median {1000 * statistics.median(times):.0f} ms/iteration over {len(times)} | peak {peak} | "
+        f"one Q_sp renewal {1000 * renew:.0f} ms"
+    )
 
 
 def _empty_val(backbone, dataset):

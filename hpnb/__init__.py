@@ -1,20 +1,43 @@
 """hpnb: Hidden Positives for unsupervised semantic segmentation (Seong et al., CVPR 2023), for teaching.
 
-Modules (one idea each): `data`, `toyworld`, `backbones`, `features`, `metrics`, `crf`, `config`, `heads`,
-`positives`, `losses`, `model`, `train`, `evaluate`, `viz`.
+Modules (one idea each, layered as the README's "Architecture" table says): `utils`, `printing`, `metrics`; `data`
+(one registry for every dataset), `backbones`, `features`, `crf`; `config`, `positives`, `heads`, `losses`, `model`,
+`baseline`; `runs`, `evaluate`, `train`; `viz`, `widgets`, `report`, `demo`, `toyworld`.
 Heavy submodules are imported on first use, so `import hpnb` stays fast.
 """
+
 from __future__ import annotations
 
 import importlib
 
-from hpnb.utils import HpnbError, pick_device, setup
+from hpnb.utils import HpnbError, __version__, pick_device, setup
 
-__version__ = "0.1.0"
 __all__ = ["HpnbError", "pick_device", "setup", "__version__"]
 
-_SUBMODULES = {"data", "toyworld", "backbones", "features", "metrics", "crf", "baseline", "onnx_convert", "config",
-               "heads", "positives", "losses", "model", "train", "evaluate", "viz", "demo", "download", "widgets"}
+_SUBMODULES = {
+    "data",
+    "toyworld",
+    "backbones",
+    "features",
+    "metrics",
+    "crf",
+    "baseline",
+    "onnx_convert",
+    "config",
+    "heads",
+    "positives",
+    "losses",
+    "model",
+    "runs",
+    "train",
+    "evaluate",
+    "report",
+    "viz",
+    "demo",
+    "download",
+    "widgets",
+    "printing",
+}
 
 
 def __getattr__(name: str):

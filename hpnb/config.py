@@ -5,6 +5,7 @@
 
 Every run saves its resolved config (`config.json`) in its run folder.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -92,34 +93,139 @@ class HPConfig:
 FIELDS = {f.name: f for f in fields(HPConfig)}
 
 # Official values (spec §5). Backbone features of these sets are too large to cache: online mode.
-_OFFICIAL = dict(backbone_mode="online", res=224, val_res=320, crop_type="five", batch_size=64, lr=5e-4,
-                 weight_decay=0.1, clip=10.0, proj_lr=5e-4, linear_lr=1e-3, cluster_lr=5e-3, chunk_images=4)
+_OFFICIAL = dict(
+    backbone_mode="online",
+    res=224,
+    val_res=320,
+    crop_type="five",
+    batch_size=64,
+    lr=5e-4,
+    weight_decay=0.1,
+    clip=10.0,
+    proj_lr=5e-4,
+    linear_lr=1e-3,
+    cluster_lr=5e-3,
+    chunk_images=4,
+)
 PRESETS: dict[str, dict] = {
-    "cocostuff27": dict(_OFFICIAL, dataset="cocostuff27", backbone="dino_vits8", dim=512, pool_size=2048, tau=0.8,
-                        rho=0.02, alpha=0.05, ema_m=0.99, lam_warmup=1000, renew_every=100, epochs=3, val_every=100,
-                        checkpoint_every=500),
-    "cityscapes27": dict(_OFFICIAL, dataset="cityscapes27", backbone="dino_vits8", dim=512, pool_size=2048, tau=0.6,
-                         rho=0.02, alpha=0.05, ema_m=0.999, lam_warmup=50, renew_every=20, epochs=30, val_every=100,
-                         checkpoint_every=500),
-    "potsdam3": dict(_OFFICIAL, dataset="potsdam3", crop_type=None, backbone="dino_vitb8", dim=256, pool_size=1024,
-                     tau=0.4, rho=1.0, alpha=0.0, ema_m=0.999, lam_warmup=100, renew_every=20, epochs=10, val_every=50,
-                     checkpoint_every=500),
+    "cocostuff27": dict(
+        _OFFICIAL,
+        dataset="cocostuff27",
+        backbone="dino_vits8",
+        dim=512,
+        pool_size=2048,
+        tau=0.8,
+        rho=0.02,
+        alpha=0.05,
+        ema_m=0.99,
+        lam_warmup=1000,
+        renew_every=100,
+        epochs=3,
+        val_every=100,
+        checkpoint_every=500,
+    ),
+    "cityscapes27": dict(
+        _OFFICIAL,
+        dataset="cityscapes27",
+        backbone="dino_vits8",
+        dim=512,
+        pool_size=2048,
+        tau=0.6,
+        rho=0.02,
+        alpha=0.05,
+        ema_m=0.999,
+        lam_warmup=50,
+        renew_every=20,
+        epochs=30,
+        val_every=100,
+        checkpoint_every=500,
+    ),
+    "potsdam3": dict(
+        _OFFICIAL,
+        dataset="potsdam3",
+        crop_type=None,
+        backbone="dino_vitb8",
+        dim=256,
+        pool_size=1024,
+        tau=0.4,
+        rho=1.0,
+        alpha=0.0,
+        ema_m=0.999,
+        lam_warmup=100,
+        renew_every=20,
+        epochs=10,
+        val_every=50,
+        checkpoint_every=500,
+    ),
     # runnable here: CamVid at the paper's 28×28 grid (392 px with patch 14), features cached
-    "camvid": dict(dataset="camvid", res=392, val_res=392, dim=256, pool_size=256, tau=0.6, rho=0.02, alpha=0.05,
-                   ema_m=0.99, lam_warmup=50, renew_every=20, epochs=30, batch_size=16, aug_views=4, val_every=50,
-                   checkpoint_every=100, val_split="val", test_split="test"),
+    "camvid": dict(
+        dataset="camvid",
+        res=392,
+        val_res=392,
+        dim=256,
+        pool_size=256,
+        tau=0.6,
+        rho=0.02,
+        alpha=0.05,
+        ema_m=0.99,
+        lam_warmup=50,
+        renew_every=20,
+        epochs=30,
+        batch_size=16,
+        aug_views=4,
+        val_every=50,
+        checkpoint_every=100,
+        val_split="val",
+        test_split="test",
+    ),
     # the embedded default: the toy world on 2 CPU cores
-    "toy": dict(dataset="toy", res=224, val_res=224, dim=64, pool_size=128, tau=0.6, rho=0.05, alpha=0.05, ema_m=0.99,
-                lam_warmup=20, renew_every=20, epochs=6, batch_size=8, aug_views=2, n_train=300, n_val=100,
-                val_every=50, checkpoint_every=50),
+    "toy": dict(
+        dataset="toy",
+        res=224,
+        val_res=224,
+        dim=64,
+        pool_size=128,
+        tau=0.6,
+        rho=0.05,
+        alpha=0.05,
+        ema_m=0.99,
+        lam_warmup=20,
+        renew_every=20,
+        epochs=6,
+        batch_size=8,
+        aug_views=2,
+        n_train=300,
+        n_val=100,
+        val_every=50,
+        checkpoint_every=50,
+    ),
 }
 # small CPU variants: same method, fewer and smaller everything, features cached
-_CPU = dict(backbone_mode="cache", batch_size=4, dim=64, pool_size=64, epochs=1, val_every=25, checkpoint_every=25,
-            aug_views=1, crop_type=None)
+_CPU = dict(
+    backbone_mode="cache",
+    batch_size=4,
+    dim=64,
+    pool_size=64,
+    epochs=1,
+    val_every=25,
+    checkpoint_every=25,
+    aug_views=1,
+    crop_type=None,
+)
 for _name in ("cocostuff27", "cityscapes27", "potsdam3"):
     PRESETS[f"{_name}-cpu"] = dict(PRESETS[_name], **_CPU, backbone="dinov2_vits14_imgfocus", res=224, val_res=224)
-PRESETS["camvid-cpu"] = dict(PRESETS["camvid"], res=224, val_res=224, dim=64, pool_size=128, batch_size=8, epochs=6,
-                             aug_views=2, val_every=25, checkpoint_every=25)
+PRESETS["camvid-cpu"] = dict(
+    PRESETS["camvid"],
+    res=224,
+    val_res=224,
+    dim=64,
+    pool_size=128,
+    batch_size=8,
+    epochs=6,
+    aug_views=2,
+    val_every=25,
+    checkpoint_every=25,
+)
 
 
 def _coerce(key: str, value):

@@ -8,6 +8,7 @@ install, while `resolve_crf` lets the evaluation and prediction entry points go 
 for several users, ST issue #16): spawned workers, results collected with a timeout, and on any pool failure a
 serial loop finishes the images that are not done yet.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -26,8 +27,9 @@ from tqdm.auto import tqdm
 from hpnb.utils import HpnbError
 
 PYDENSECRF_PIN = "pydensecrf2==1.1"  # the same pin as requirements-crf.txt
-CRF_MISSING_NOTE = ("dense CRF: not installed (pip install -r requirements-crf.txt, needs a C++ compiler); "
-                    "showing results without it")
+CRF_MISSING_NOTE = (
+    "dense CRF: not installed (pip install -r requirements-crf.txt, needs a C++ compiler); showing results without it"
+)
 _missing_noted = False  # the note above is printed once per process
 # official parameters (spec §4.3)
 GAUSSIAN_SXY, GAUSSIAN_COMPAT = 1, 3
@@ -111,19 +113,24 @@ def _crf_job(index: int, image: np.ndarray, log_probs: np.ndarray) -> tuple[int,
     return index, crf_labels(image, log_probs)
 
 
-def _as_numpy_inputs(images: Sequence[np.ndarray] | np.ndarray, log_probs: Sequence | torch.Tensor | np.ndarray
-                     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _as_numpy_inputs(
+    images: Sequence[np.ndarray] | np.ndarray, log_probs: Sequence | torch.Tensor | np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Check the batch and turn it into per-image numpy arrays: uint8 (H, W, 3) images, float32 (C, h, w) log-probs."""
     images = [np.asarray(im.cpu() if isinstance(im, torch.Tensor) else im) for im in images]
-    logps = [(lp.detach().cpu().float().numpy() if isinstance(lp, torch.Tensor) else np.asarray(lp, np.float32))
-             for lp in log_probs]
+    logps = [
+        (lp.detach().cpu().float().numpy() if isinstance(lp, torch.Tensor) else np.asarray(lp, np.float32))
+        for lp in log_probs
+    ]
     if len(images) != len(logps):
-        raise HpnbError(f"crf_batch needs one log-probability map per image, found {len(images)} images and "
-                        f"{len(logps)} maps")
-    for i, (im, lp) in enumerate(zip(images, logps)):
+        raise HpnbError(
+            f"crf_batch needs one log-probability map per image, found {len(images)} images and {len(logps)} maps"
+        )
+    for i, (im, lp) in enumerate(zip(images, logps, strict=True)):
         if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
-            raise HpnbError(f"crf_batch expects uint8 images of shape (H, W, 3), found {im.dtype} {im.shape} at "
-                            f"index {i}")
+            raise HpnbError(
+                f"crf_batch expects uint8 images of shape (H, W, 3), found {im.dtype} {im.shape} at index {i}"
+            )
         if lp.ndim != 3:
             raise HpnbError(f"crf_batch expects log-probabilities of shape (C, h, w), found {lp.shape} at index {i}")
     return images, logps
@@ -132,20 +139,29 @@ def _as_numpy_inputs(images: Sequence[np.ndarray] | np.ndarray, log_probs: Seque
 def _stop_pool(pool: ProcessPoolExecutor) -> None:
     """Shut the pool down without waiting: cancel queued work and terminate workers that may hang."""
     procs = list((getattr(pool, "_processes", None) or {}).values())  # private, as Python < 3.14 has no
-    pool.shutdown(wait=False, cancel_futures=True)                      # terminate_workers(); shutdown clears it
+    pool.shutdown(wait=False, cancel_futures=True)  # terminate_workers(); shutdown clears it
     for proc in procs:
         if proc.is_alive():
             proc.terminate()
 
 
-def _crf_pool(images: list[np.ndarray], logps: list[np.ndarray], workers: int, timeout: float,
-              results: dict[int, np.ndarray], bar: tqdm) -> str | None:
+def _crf_pool(
+    images: list[np.ndarray],
+    logps: list[np.ndarray],
+    workers: int,
+    timeout: float,
+    results: dict[int, np.ndarray],
+    bar: tqdm,
+) -> str | None:
     """Fill `results` from a spawn process pool; returns None on success, else why the pool was given up."""
     pool = None
     try:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_crf_worker_init)
-        pending: set[Future] = {pool.submit(_crf_job, i, im, lp) for i, (im, lp) in enumerate(zip(images, logps))}
+        pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_crf_worker_init
+        )
+        pending: set[Future] = {
+            pool.submit(_crf_job, i, im, lp) for i, (im, lp) in enumerate(zip(images, logps, strict=True))
+        }
         while pending:
             done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
             if not done:
@@ -162,8 +178,13 @@ def _crf_pool(images: list[np.ndarray], logps: list[np.ndarray], workers: int, t
     return None
 
 
-def crf_batch(images: Sequence[np.ndarray] | np.ndarray, log_probs: Sequence | torch.Tensor | np.ndarray,
-              workers: int | None = None, timeout: float = 60.0, progress: bool = False) -> list[np.ndarray]:
+def crf_batch(
+    images: Sequence[np.ndarray] | np.ndarray,
+    log_probs: Sequence | torch.Tensor | np.ndarray,
+    workers: int | None = None,
+    timeout: float = 60.0,
+    progress: bool = False,
+) -> list[np.ndarray]:
     """CRF label maps (H, W) int64 of many images (spec §4.3), in input order, on `workers` processes.
 
     `images`: uint8 (H, W, 3) each; `log_probs`: (C, h, w) each. `workers=None` uses min(cores, images);
@@ -180,8 +201,11 @@ def crf_batch(images: Sequence[np.ndarray] | np.ndarray, log_probs: Sequence | t
         if workers > 1 and n > 1:
             failure = _crf_pool(images, logps, min(workers, n), timeout, results, bar)
             if failure is not None:
-                print(f"warning: CRF process pool given up ({failure}); running the {n - len(results)} remaining "
-                      "images serially", file=sys.stderr)
+                print(
+                    f"warning: CRF process pool given up ({failure}); running the {n - len(results)} remaining "
+                    "images serially",
+                    file=sys.stderr,
+                )
         for i in range(n):
             if i not in results:
                 results[i] = crf_labels(images[i], logps[i])

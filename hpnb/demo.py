@@ -3,6 +3,7 @@ evaluate it beside the k-means baseline (cluster and linear, with and without th
 `runs/demo/report.md` with the figures. Without the optional CRF package (requirements-crf.txt) the demo runs to the
 end all the same: one line says so and the report has no "+crf" columns.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 
 from hpnb.config import get_config
-from hpnb.evaluate import evaluate_run
+from hpnb.report import evaluate_run
 from hpnb.train import train
 from hpnb.utils import setup
 from hpnb.viz import use_headless_backend
@@ -45,8 +46,8 @@ def _report(cfg, summary: dict, out: Path) -> str:
     return f"""# hpnb demo: Hidden Positives on the toy world
 
 Backbone {cfg.backbone} (frozen, {cfg.res} px, features cached), K = {cfg.dim}, M = {cfg.pool_size}, τ = {cfg.tau},
-ρ = {cfg.rho}, α = {cfg.alpha}, {summary['steps']} iterations of batch {cfg.batch_size} on {cfg.n_train} scenes
-(code form of the loss). The checkpoint was selected on the val split (step {best.get('step')}); the numbers below
+ρ = {cfg.rho}, α = {cfg.alpha}, {summary["steps"]} iterations of batch {cfg.batch_size} on {cfg.n_train} scenes
+(code form of the loss). The checkpoint was selected on the val split (step {best.get("step")}); the numbers below
 are on the separate test split ({cfg.n_val} scenes). The k-means baseline runs through the same evaluation code;
 its linear probe gets the same budget as HP's online probe.
 {evaluation}

@@ -4,6 +4,7 @@ The same code path scores HP and the k-means baseline: both are a `Predictor` (c
 a linear probe, cluster centroids). For the baseline the codes are the backbone features themselves, the
 centroids come from k-means and the linear probe is fitted on the frozen features.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 from hpnb.features import FeatureSet
 from hpnb.metrics import IGNORE, SegmentationMetric, remap
+from hpnb.runs import load_run  # the run folder's reader (also reachable as hpnb.evaluate.load_run)
 
 
 @dataclass
@@ -32,12 +34,17 @@ class Predictor:
 def model_predictor(model, name: str = "HP") -> Predictor:
     """Predictor of a trained HPModel (eval mode: no dropout; codes from S, as the official evaluation)."""
     model.eval()
-    return Predictor(codes=lambda f: model.heads.seg(f.float()), linear=model.linear_probe,
-                     centroids=model.cluster_probe.centroids.detach(), name=name)
+    return Predictor(
+        codes=lambda f: model.heads.seg(f.float()),
+        linear=model.linear_probe,
+        centroids=model.cluster_probe.centroids.detach(),
+        name=name,
+    )
 
 
-def fit_linear_probe(fs: FeatureSet, n_classes: int, steps: int = 200, lr: float = 1e-3, batch: int = 8,
-                     seed: int = 0, device=None) -> nn.Conv2d:
+def fit_linear_probe(
+    fs: FeatureSet, n_classes: int, steps: int = 200, lr: float = 1e-3, batch: int = 8, seed: int = 0, device=None
+) -> nn.Conv2d:
     """A 1×1 linear probe on frozen features (the baseline's 'linear' column): Adam, CE against the train labels.
 
     Give it the same budget (steps, batch, lr) as the HP run's online probe for a like-for-like comparison."""
@@ -63,8 +70,14 @@ def fit_linear_probe(fs: FeatureSet, n_classes: int, steps: int = 200, lr: float
     return probe.eval()
 
 
-def kmeans_predictor(train: FeatureSet, n_classes: int, seed: int = 0, probe_steps: int = 200,
-                     probe_batch: int = 8, probe_lr: float = 1e-3) -> Predictor:
+def kmeans_predictor(
+    train: FeatureSet,
+    n_classes: int,
+    seed: int = 0,
+    probe_steps: int = 200,
+    probe_batch: int = 8,
+    probe_lr: float = 1e-3,
+) -> Predictor:
     """The baseline: k-means centroids (on L2-normalised features) and a linear probe, both on the frozen backbone."""
     from hpnb.baseline import kmeans, sample_patches
 
@@ -88,14 +101,27 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(pred: Predictor, fs: FeatureSet, n_classes: int, crf: bool = False, workers: int | None = None,
-             batch: int = 4, keep: int = 4, crf_chunk: int = 128, progress: bool = False) -> EvalResult:
+def evaluate(
+    pred: Predictor,
+    fs: FeatureSet,
+    n_classes: int,
+    crf: bool = False,
+    workers: int | None = None,
+    batch: int = 4,
+    keep: int = 4,
+    crf_chunk: int = 128,
+    progress: bool = False,
+) -> EvalResult:
     """Score a predictor on a cached split: cluster (Hungarian) and linear, optionally + dense CRF."""
     from hpnb.metrics import matched_confusion
 
     heads = ("cluster", "linear") + (("cluster+crf", "linear+crf") if crf else ())
-    metrics = {h: SegmentationMetric(n_classes, n_pred=len(pred.centroids) if "cluster" in h else n_classes,
-                                     hungarian="cluster" in h) for h in heads}
+    metrics = {
+        h: SegmentationMetric(
+            n_classes, n_pred=len(pred.centroids) if "cluster" in h else n_classes, hungarian="cluster" in h
+        )
+        for h in heads
+    }
     raw = {h: [] for h in heads}  # unmatched predictions of the first `keep` images
     pending = []  # CRF inputs waiting for a parallel batch
     centroids = F.normalize(pred.centroids.float(), dim=1)
@@ -106,7 +132,7 @@ def evaluate(pred: Predictor, fs: FeatureSet, n_classes: int, crf: bool = False,
         images = [p[0] for p in pending]
         for name, k in (("cluster+crf", 1), ("linear+crf", 2)):
             labels = crf_batch(images, [p[k] for p in pending], workers=workers)
-            for (_, _, _, target, index), lab in zip(pending, labels):
+            for (_, _, _, target, index), lab in zip(pending, labels, strict=True):
                 lab_t = torch.from_numpy(lab)
                 metrics[name].update(lab_t, target)
                 if index < keep:
@@ -114,8 +140,8 @@ def evaluate(pred: Predictor, fs: FeatureSet, n_classes: int, crf: bool = False,
         pending.clear()
 
     for start in tqdm(range(0, len(fs), batch), desc="evaluate", disable=not progress, leave=False):
-        feats = fs.feats[start:start + batch].float()
-        labels = fs.labels[start:start + batch].long()
+        feats = fs.feats[start : start + batch].float()
+        labels = fs.labels[start : start + batch].long()
         size = tuple(labels.shape[-2:])
         codes = pred.codes(feats)  # (b, K, h, w)
         lin_grid = pred.linear(codes)  # linear probe commutes with bilinear upsampling (weights sum to 1)
@@ -151,52 +177,47 @@ def evaluate(pred: Predictor, fs: FeatureSet, n_classes: int, crf: bool = False,
 # Runs: load, evaluate beside the k-means baseline, predict one image
 # ----------------------------------------------------------------------------------------------------------
 
-def load_run(run, which: str = "best"):
-    """(config, HPModel in eval mode) of a run folder; `which` = "best" (selected on val) or "last"."""
-    from pathlib import Path
 
-    from hpnb.config import HPConfig
-    from hpnb.model import HPModel
-    from hpnb.train import BEST, CHECKPOINT, load_checkpoint
-    from hpnb.utils import HpnbError
+@dataclass
+class RunEvaluation:
+    """A run evaluated on one split: the summary written to eval_<split>.json, the results per method, the split's
+    cached features (images and labels, for figures) and the run's config."""
 
-    run = Path(run)
-    if not (run / "config.json").is_file():
-        raise HpnbError(f"{run} is not an hpnb run folder (no config.json). Train one first: "
-                        "python -m hpnb train --preset toy")
-    cfg = HPConfig.load(run / "config.json")
-    path = run / (BEST if which == "best" else CHECKPOINT)
-    if which == "best" and not path.is_file():
-        path = run / CHECKPOINT
-    state = load_checkpoint(path, cfg)
-    meta = __import__("json").loads(state["meta"])
-    model = HPModel(meta["in_dim"], meta["dim"], meta["n_classes"], cfg.dropout, meta["form"])
-    model.load_state_dict(state["model"])
-    model.eval()
-    model.classes = meta["classes"]
-    return cfg, model
+    summary: dict
+    results: dict  # {"HP": EvalResult, "k-means": EvalResult}
+    features: FeatureSet
+    cfg: object
 
 
-def evaluate_run(run, split: str | None = None, crf: bool = True, which: str = "best", baseline: bool = True,
-                 progress: bool = True, workers: int | None = None) -> dict:
-    """Evaluate a run's selected checkpoint on a split (default: the test split, or val for the toy world's val),
-    beside the k-means baseline through the same code path; write metrics, tables and figures into the run."""
+def evaluate_on_split(
+    run,
+    split: str | None = None,
+    crf: bool = True,
+    which: str = "best",
+    baseline: bool = True,
+    progress: bool = True,
+    workers: int | None = None,
+) -> RunEvaluation:
+    """Evaluate a run's selected checkpoint on a split (default: the preset's test split) beside the k-means baseline
+    through the same code path; write eval_<split>.json and cluster_mapping.json into the run folder.
+
+    The baseline's linear probe gets the budget of the HP probe it is compared with: the steps of the selected
+    checkpoint (`hpnb.runs.selected_step`). Figures and the Markdown report: `hpnb.report.evaluate_run`."""
     import json
     from pathlib import Path
 
     from hpnb.backbones import load_backbone
     from hpnb.crf import resolve_crf
-    from hpnb.train import build_dataset
-    from hpnb.viz import label_grid, use_headless_backend
+    from hpnb.runs import dataset_for, selected_step
 
     crf = resolve_crf(crf)  # without pydensecrf: one line, then no "+crf" heads
-    use_headless_backend()
     run = Path(run)
     cfg, model = load_run(run, which)
     split = split or cfg.test_split
     backbone = load_backbone(cfg.backbone, weights=cfg.backbone_weights, device="cpu")
-    dataset = build_dataset(cfg, split, cfg.val_res, cfg.n_val)
-    fs = extract_features_for(backbone, dataset, progress, precision=cfg.feature_precision)
+    fs = extract_features_for(
+        backbone, dataset_for(cfg, split, cfg.val_res, cfg.n_val), progress, precision=cfg.feature_precision
+    )
     n_classes, classes = model.n_classes, list(model.classes)
     results = {"HP": evaluate(model_predictor(model), fs, n_classes, crf=crf, workers=workers, progress=progress)}
     if baseline:
@@ -204,47 +225,42 @@ def evaluate_run(run, split: str | None = None, crf: bool = True, which: str = "
 
         # the trainer's cached train features (they carry attention) serve when the resolutions agree
         reuse = cfg.backbone_mode == "cache" and cfg.val_res == cfg.res
-        train_fs = extract_features(backbone, build_dataset(cfg, cfg.train_split, cfg.val_res, cfg.n_train),
-                                    attention=reuse, progress=progress, precision=cfg.feature_precision)
-        steps = _run_steps(run)  # the baseline's linear probe gets the HP run's online-probe budget
-        results["k-means"] = evaluate(kmeans_predictor(train_fs, n_classes, seed=cfg.seed, probe_steps=steps,
-                                                       probe_batch=cfg.batch_size, probe_lr=cfg.linear_lr),
-                                      fs, n_classes, crf=crf,
-                                      workers=workers, progress=progress)
-    summary = {"run": str(run), "split": split, "checkpoint": which, "classes": classes,
-               "selection": "best on val by cluster Acc + cluster mIoU + linear Acc + linear mIoU (official rule)"
-               if which == "best" else "last iteration",
-               "results": {name: {head: s.as_dict() for head, s in r.scores.items()} for name, r in results.items()}}
+        train_fs = extract_features(
+            backbone,
+            dataset_for(cfg, cfg.train_split, cfg.val_res, cfg.n_train),
+            attention=reuse,
+            progress=progress,
+            precision=cfg.feature_precision,
+        )
+        steps = selected_step(run, which)  # the training steps of the HP probe it is compared with
+        results["k-means"] = evaluate(
+            kmeans_predictor(
+                train_fs,
+                n_classes,
+                seed=cfg.seed,
+                probe_steps=steps,
+                probe_batch=cfg.batch_size,
+                probe_lr=cfg.linear_lr,
+            ),
+            fs,
+            n_classes,
+            crf=crf,
+            workers=workers,
+            progress=progress,
+        )
+    summary = {
+        "run": str(run),
+        "split": split,
+        "checkpoint": which,
+        "classes": classes,
+        "selection": "best on val by cluster Acc + cluster mIoU + linear Acc + linear mIoU (official rule)"
+        if which == "best"
+        else "last iteration",
+        "results": {name: {head: s.as_dict() for head, s in r.scores.items()} for name, r in results.items()},
+    }
     (run / f"eval_{split}.json").write_text(json.dumps(summary, indent=2))
     (run / "cluster_mapping.json").write_text(json.dumps(results["HP"].mappings["cluster"].tolist()))
-    colours = _colours(cfg, n_classes)
-    hp = results["HP"]
-    columns = {"ground truth": fs.labels[:4].numpy()}
-    columns.update({head: hp.samples[head].numpy() for head in hp.samples})
-    fig = label_grid(fs.images[:4].numpy(), columns, classes, colours)
-    fig.savefig(run / f"qualitative_{split}.png", dpi=72)
-    try:
-        from hpnb.viz import confusion_figure
-
-        fig = confusion_figure(hp.confusion["cluster"], classes, title=f"HP cluster probe, {split}")
-        fig.savefig(run / f"confusion_{split}.png", dpi=72)
-    except ImportError:
-        pass
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
-    (run / f"report_{split}.md").write_text(_report(summary, split))
-    return summary
-
-
-def _run_steps(run) -> int:
-    """Training steps of a run (from its log), the budget of the baseline's linear probe."""
-    import json
-    from pathlib import Path
-
-    log = Path(run) / "log.jsonl"
-    lines = [line for line in log.read_text().splitlines() if line] if log.is_file() else []
-    return max(1, json.loads(lines[-1])["step"]) if lines else 200
+    return RunEvaluation(summary=summary, results=results, features=fs, cfg=cfg)
 
 
 def extract_features_for(backbone, dataset, progress: bool = True, precision: str = "auto"):
@@ -254,43 +270,12 @@ def extract_features_for(backbone, dataset, progress: bool = True, precision: st
     return extract_features(backbone, dataset, attention=False, progress=progress, precision=precision)
 
 
-def _colours(cfg, n: int):
-    """The toy world's own palette, else hpnb's fixed one."""
-    from hpnb.viz import palette
-
-    if cfg.dataset == "toy":
-        from hpnb.toyworld import PALETTE
-
-        return np.asarray(PALETTE, dtype=np.uint8)
-    return palette(n)
-
-
-def _report(summary: dict, split: str) -> str:
-    """Markdown: HP vs the k-means baseline, cluster and linear, with and without CRF, and per-class IoU."""
-    res = summary["results"]
-    heads = [h for h in ("cluster", "cluster+crf", "linear", "linear+crf") if h in res["HP"]]
-    lines = [f"# Evaluation on {split}", "", f"Checkpoint: {summary['selection']}.", "",
-             "| method | " + " | ".join(f"{h} Acc | {h} mIoU" for h in heads) + " |",
-             "|---|" + "---|" * (2 * len(heads))]
-    for name, scores in res.items():
-        lines.append(f"| {name} | " + " | ".join(f"{scores[h]['acc']:.2f} | {scores[h]['miou']:.2f}" for h in heads) + " |")
-    try:
-        from hpnb.viz import iou_table
-
-        lines += ["", "Per-class IoU (%):", "",
-                  iou_table({f"{n} {h}": res[n][h]["iou"] for n in res for h in ("cluster", "linear")}, summary["classes"])]
-    except ImportError:
-        pass
-    lines += ["", f"![qualitative](qualitative_{split}.png)", ""]
-    return "\n".join(lines)
-
-
 def predict(image, run_or_checkpoint, crf: bool = True, head: str = "cluster", which: str = "best"):
     """Label map (H, W) for one RGB image of any size (uint8 array or PIL image).
 
     The whole image is resized (not cropped) so that its shorter side is the run's `val_res` and both sides are
     multiples of the patch size; the logits are upsampled back to the original size, the CRF runs on the original
-    image. Cluster ids are mapped to classes with the Hungarian map saved by `evaluate_run`, when there is one.
+    image. Cluster ids are mapped to classes with the Hungarian map saved by the evaluation, when there is one.
     """
     import json
     from pathlib import Path
@@ -307,7 +292,10 @@ def predict(image, run_or_checkpoint, crf: bool = True, head: str = "cluster", w
     p = backbone.patch_size
     scale = cfg.val_res / min(h, w)
     nh, nw = max(p, round(h * scale / p) * p), max(p, round(w * scale / p) * p)
-    x = torch.from_numpy(np.array(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))).permute(2, 0, 1).float() / 255
+    x = (
+        torch.from_numpy(np.array(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))).permute(2, 0, 1).float()
+        / 255
+    )
     feats = backbone(normalize(x)[None], attention=False).feats
     with torch.no_grad():
         codes = model.heads.seg(feats.float())
@@ -323,7 +311,9 @@ def predict(image, run_or_checkpoint, crf: bool = True, head: str = "cluster", w
         labels = torch.from_numpy(dense_crf(image, torch.log_softmax(logits, 0)).argmax(0))
     else:
         labels = logits.argmax(0)
-    mapping_file = Path(run_or_checkpoint) / "cluster_mapping.json" if not isinstance(run_or_checkpoint, tuple) else None
+    mapping_file = (
+        Path(run_or_checkpoint) / "cluster_mapping.json" if not isinstance(run_or_checkpoint, tuple) else None
+    )
     if head == "cluster" and mapping_file is not None and mapping_file.is_file():
         labels = remap(labels, np.asarray(json.loads(mapping_file.read_text())))
     return labels.numpy()

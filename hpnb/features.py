@@ -9,6 +9,7 @@ the fp16 step of the cache (~1e-3), so the cached file is bit-identical on every
 is everything computed from it; fp32 kernels differ between CPUs (AVX2 vs AVX-512) by ~1e-5, which flips about
 0.5 % of the fp16 values. On CUDA the backbone runs in bf16 autocast (fast; not bit-reproducible across GPUs).
 """
+
 from __future__ import annotations
 
 import copy
@@ -57,9 +58,11 @@ class FeatureSet:
     def summary(self) -> str:
         """One stable line: sizes and dtypes."""
         attn = "none" if self.attn is None else f"{tuple(self.attn.shape)} {str(self.attn.dtype).split('.')[-1]}"
-        return (f"{self.meta.get('dataset', '?')}/{self.meta.get('split', '?')}: {len(self)} images, "
-                f"feats {tuple(self.feats.shape)} {str(self.feats.dtype).split('.')[-1]}, attn {attn}, "
-                f"labels {tuple(self.labels.shape)}")
+        return (
+            f"{self.meta.get('dataset', '?')}/{self.meta.get('split', '?')}: {len(self)} images, "
+            f"feats {tuple(self.feats.shape)} {str(self.feats.dtype).split('.')[-1]}, attn {attn}, "
+            f"labels {tuple(self.labels.shape)}"
+        )
 
 
 def dataset_key(dataset: Dataset) -> dict:
@@ -101,13 +104,22 @@ def _to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def _empty_error(dataset: Dataset) -> HpnbError:
-    return HpnbError(f"dataset {type(dataset).__name__} (split {getattr(dataset, 'split', '?')!r}) is empty: "
-                     "expected at least one image. Check its root folder and split list.")
+    return HpnbError(
+        f"dataset {type(dataset).__name__} (split {getattr(dataset, 'split', '?')!r}) is empty: "
+        "expected at least one image. Check its root folder and split list."
+    )
 
 
 @torch.no_grad()
-def compute_features(backbone: FrozenViT, dataset: Dataset, batch_size: int = 8, attention: bool = True,
-                     progress: bool = True, num_workers: int = 0, precision: str = "auto") -> FeatureSet:
+def compute_features(
+    backbone: FrozenViT,
+    dataset: Dataset,
+    batch_size: int = 8,
+    attention: bool = True,
+    progress: bool = True,
+    num_workers: int = 0,
+    precision: str = "auto",
+) -> FeatureSet:
     """Run the backbone over `dataset` (items with 'image', 'label', 'name') and collect fp16 outputs on CPU.
 
     `precision`: "auto" (float64 on the CPU, bf16 autocast on CUDA), "float64" or "float32" (see the module doc)."""
@@ -117,7 +129,11 @@ def compute_features(backbone: FrozenViT, dataset: Dataset, batch_size: int = 8,
     precision = resolve_precision(precision, device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     feats, attns, labels, images, names = [], [], [], [], []
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bfloat16" else torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if precision == "bfloat16"
+        else torch.autocast("cpu", enabled=False)
+    )
     net, dtype = (copy.deepcopy(backbone).double(), torch.float64) if precision == "float64" else (backbone, None)
     for batch in tqdm(loader, desc=f"features {getattr(dataset, 'split', '')}", disable=not progress, leave=False):
         with autocast:
@@ -128,13 +144,25 @@ def compute_features(backbone: FrozenViT, dataset: Dataset, batch_size: int = 8,
         labels.append(batch["label"].to(torch.int16))
         images.append(_to_uint8(batch["image"]))
         names.extend(batch["name"])
-    return FeatureSet(feats=torch.cat(feats), labels=torch.cat(labels), images=torch.cat(images), names=names,
-                      attn=torch.cat(attns) if attention else None)
+    return FeatureSet(
+        feats=torch.cat(feats),
+        labels=torch.cat(labels),
+        images=torch.cat(images),
+        names=names,
+        attn=torch.cat(attns) if attention else None,
+    )
 
 
-def extract_features(backbone: FrozenViT, dataset: Dataset, batch_size: int = 8, attention: bool = True,
-                     cache: bool = True, refresh: bool = False, progress: bool = True,
-                     precision: str = "auto") -> FeatureSet:
+def extract_features(
+    backbone: FrozenViT,
+    dataset: Dataset,
+    batch_size: int = 8,
+    attention: bool = True,
+    cache: bool = True,
+    refresh: bool = False,
+    progress: bool = True,
+    precision: str = "auto",
+) -> FeatureSet:
     """Load the cached features of `dataset` for `backbone`, computing and saving them when missing (or `refresh`).
 
     `precision` as in `compute_features`; the default makes CPU caches identical on every machine."""
@@ -145,10 +173,16 @@ def extract_features(backbone: FrozenViT, dataset: Dataset, batch_size: int = 8,
     path = cache_path(backbone, key, attention, precision)
     if cache and path.is_file() and not refresh:
         return load_features(path)
-    fs = compute_features(backbone, dataset, batch_size=batch_size, attention=attention, progress=progress,
-                          precision=precision)
-    fs.meta = {**key, "backbone": backbone.name, "patch_size": backbone.patch_size, "version": FORMAT_VERSION,
-               "precision": precision}
+    fs = compute_features(
+        backbone, dataset, batch_size=batch_size, attention=attention, progress=progress, precision=precision
+    )
+    fs.meta = {
+        **key,
+        "backbone": backbone.name,
+        "patch_size": backbone.patch_size,
+        "version": FORMAT_VERSION,
+        "precision": precision,
+    }
     if cache:
         save_features(fs, path)
     return fs
@@ -156,8 +190,14 @@ def extract_features(backbone: FrozenViT, dataset: Dataset, batch_size: int = 8,
 
 def save_features(fs: FeatureSet, path: Path) -> None:
     """Atomic save (write to .part, then rename): an interrupted run leaves no half file behind."""
-    blob = {"feats": fs.feats, "labels": fs.labels, "images": fs.images, "names": fs.names, "attn": fs.attn,
-            "meta": json.dumps(fs.meta)}
+    blob = {
+        "feats": fs.feats,
+        "labels": fs.labels,
+        "images": fs.images,
+        "names": fs.names,
+        "attn": fs.attn,
+        "meta": json.dumps(fs.meta),
+    }
     tmp = path.with_suffix(".part")
     torch.save(blob, tmp)
     tmp.replace(path)
@@ -172,9 +212,20 @@ def load_features(path: str | Path) -> FeatureSet:
         meta = json.loads(blob["meta"])
     except Exception as err:
         reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
-        raise HpnbError(f"{path} is not a readable hpnb feature cache ({type(err).__name__}: {reason}). "
-                        "Delete it, or call extract_features(..., refresh=True) to recompute it.") from err
+        raise HpnbError(
+            f"{path} is not a readable hpnb feature cache ({type(err).__name__}: {reason}). "
+            "Delete it, or call extract_features(..., refresh=True) to recompute it."
+        ) from err
     if meta.get("version") != FORMAT_VERSION:
-        raise HpnbError(f"{path} has cache format {meta.get('version')}, expected {FORMAT_VERSION}; recompute it with refresh=True")
-    return FeatureSet(feats=blob["feats"], labels=blob["labels"], images=blob["images"], names=list(blob["names"]),
-                      attn=blob["attn"], meta=meta, path=path)
+        raise HpnbError(
+            f"{path} has cache format {meta.get('version')}, expected {FORMAT_VERSION}; recompute it with refresh=True"
+        )
+    return FeatureSet(
+        feats=blob["feats"],
+        labels=blob["labels"],
+        images=blob["images"],
+        names=list(blob["names"]),
+        attn=blob["attn"],
+        meta=meta,
+        path=path,
+    )

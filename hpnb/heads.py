@@ -3,6 +3,7 @@
 `form="code"` (default) is the official head: a 1×1 linear branch plus a (1×1, ReLU, 1×1) branch, summed, each
 with its own Dropout2d on the input; `form="paper"` is the plain two-layer ReLU MLP the paper describes.
 """
+
 from __future__ import annotations
 
 import copy
@@ -57,9 +58,9 @@ def momentum_copy(head: nn.Module) -> nn.Module:
 @torch.no_grad()
 def ema_update(ema: nn.Module, head: nn.Module, m: float) -> None:
     """θ' ← m·θ' + (1 − m)·θ for every parameter; buffers are copied (once per iteration, spec §1.3)."""
-    for p_ema, p in zip(ema.parameters(), head.parameters()):
+    for p_ema, p in zip(ema.parameters(), head.parameters(), strict=True):
         p_ema.mul_(m).add_(p.detach(), alpha=1 - m)
-    for b_ema, b in zip(ema.buffers(), head.buffers()):
+    for b_ema, b in zip(ema.buffers(), head.buffers(), strict=True):
         b_ema.copy_(b)
 
 

@@ -12,12 +12,12 @@ form="code" (default, what produced the published numbers):
 form="paper": Eq. 5 per anchor with separate ρ-samples N_ag, N_sp of the non-positives and denominators N ∪ P,
   Ψ with the mixed anchor against plain positives, L_i = (Φ_ag + Ψ_ag) + λ(Φ_sp + Ψ_sp) + α·R_i, mean over anchors.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from hpnb.positives import positive_block, window_index
@@ -42,8 +42,11 @@ class LossConfig:
     checkpoint: bool = True  # recompute blocks in the backward pass (memory ∝ one block)
 
     def __post_init__(self):
-        for name, value, allowed in (("form", self.form, ("code", "paper")), ("objective", self.objective, ("hp", "self")),
-                                     ("propagation", self.propagation, ("gradient", "loss"))):
+        for name, value, allowed in (
+            ("form", self.form, ("code", "paper")),
+            ("objective", self.objective, ("hp", "self")),
+            ("propagation", self.propagation, ("gradient", "loss")),
+        ):
             if value not in allowed:
                 raise ValueError(f"LossConfig.{name} must be one of {allowed}, found {value!r}")
         if not 0.0 <= self.rho <= 1.0:
@@ -83,9 +86,16 @@ class LossParts:
     def as_dict(self) -> dict:
         """Floats for logging."""
         val = lambda t: float(t.detach())  # noqa: E731
-        return {"loss": val(self.total), "phi": val(self.phi), "psi": val(self.psi), "reg": val(self.reg),
-                "phi_ag": self.phi_ag, "phi_sp": self.phi_sp, "dropped": self.dropped,
-                "pos_ag_mean": float(self.n_pos_ag.float().mean()) if self.n_pos_ag is not None else float("nan")}
+        return {
+            "loss": val(self.total),
+            "phi": val(self.phi),
+            "psi": val(self.psi),
+            "reg": val(self.reg),
+            "phi_ag": self.phi_ag,
+            "phi_sp": self.phi_sp,
+            "dropped": self.dropped,
+            "pos_ag_mean": float(self.n_pos_ag.float().mean()) if self.n_pos_ag is not None else float("nan"),
+        }
 
 
 def lambda_schedule(t: int, total: int, warmup: int) -> float:
@@ -95,7 +105,9 @@ def lambda_schedule(t: int, total: int, warmup: int) -> float:
     return min(1.0, (t - warmup) / (total - warmup))
 
 
-def draw_negative_mask(n: int, nb: int, rho: float, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+def draw_negative_mask(
+    n: int, nb: int, rho: float, generator: torch.Generator | None = None, device=None
+) -> torch.Tensor:
     """The code form's R: one Bernoulli(ρ) bool mask (N, NB) per iteration, shared by every anchor image."""
     device = device or (generator.device if generator is not None else "cpu")
     return torch.rand(n, nb, generator=generator, device=device) < rho
@@ -130,8 +142,14 @@ def _shift_rows(z: torch.Tensor, b0: int, b1: int, grid: tuple[int, int], k: int
 class _Block:
     """Everything one block of anchor images needs; `__call__` returns its differentiable partial sums."""
 
-    def __init__(self, cfg: LossConfig, inp: LossInputs, neg: torch.Tensor | None, seed: int | None,
-                 paper_negs: tuple[torch.Tensor, torch.Tensor] | None):
+    def __init__(
+        self,
+        cfg: LossConfig,
+        inp: LossInputs,
+        neg: torch.Tensor | None,
+        seed: int | None,
+        paper_negs: tuple[torch.Tensor, torch.Tensor] | None,
+    ):
         self.cfg, self.inp, self.neg, self.seed, self.paper_negs = cfg, inp, neg, seed, paper_negs
         self.b, self.n = inp.z.shape[:2]
         self.nb = self.b * self.n
@@ -161,7 +179,7 @@ class _Block:
     def paper_negatives(self, positives: torch.Tensor, eye: torch.Tensor, b0: int, stream: int) -> torch.Tensor:
         """N: a ρ-sample of the non-positive, non-anchor patches, drawn per anchor image from its own seed."""
         if self.paper_negs is not None:
-            draw = self.paper_negs[stream][b0 * self.n:b0 * self.n + len(eye)]
+            draw = self.paper_negs[stream][b0 * self.n : b0 * self.n + len(eye)]
         else:
             rows = []
             for b in range(b0, b0 + len(eye) // self.n):
@@ -174,7 +192,7 @@ class _Block:
         """Partial sums of the block as one tensor (see `combine` for the layout)."""
         cfg, n, nb, nimg = self.cfg, self.n, self.nb, b1 - b0
         zf = z.reshape(nb, -1)
-        rows = zf[b0 * n:b1 * n]
+        rows = zf[b0 * n : b1 * n]
         p_ag, p_sp, eye = self.masks(b0, b1)
         per_img = lambda t: t.reshape(nimg, -1).sum(1)  # noqa: E731  (rows of one image summed)
 
@@ -190,7 +208,7 @@ class _Block:
             yield "phi", rows, zf, None
             if cfg.use_lhp and cfg.propagation == "gradient":
                 zm = z_mix.reshape(nb, -1)
-                yield "psi", zm[b0 * n:b1 * n], (zm if cfg.form == "code" else zf), None
+                yield "psi", zm[b0 * n : b1 * n], (zm if cfg.form == "code" else zf), None
             elif cfg.use_lhp:  # loss propagation: each kept neighbour is an anchor with i's positives
                 weights, denom = self.inp.lhp
                 coef = (weights[b0:b1] / denom[b0:b1, :, None]).reshape(-1, 9)
@@ -201,7 +219,7 @@ class _Block:
         if cfg.form == "code":
             d = self.code_denominator(p_ag, eye, nimg)
             kept = p_ag.any(1)
-            w_ag = (p_ag & kept[:, None])
+            w_ag = p_ag & kept[:, None]
             w_sp = (p_sp & kept[:, None]) if p_sp is not None else None
             out = {"phi": [], "psi": []}
             for name, a, contrast, coef in anchors():
@@ -213,8 +231,14 @@ class _Block:
                 out[name].append(torch.stack([per_img(s_ag), per_img(s_sp)]))
             sums = [sum(out["phi"])]
             sums.append(sum(out["psi"]) if out["psi"] else torch.zeros_like(sums[0]))
-            counts = torch.stack([per_img(w_ag.sum(1).to(z.dtype)),
-                                  per_img(w_sp.sum(1).to(z.dtype)) if w_sp is not None else torch.zeros(nimg, dtype=z.dtype, device=z.device)])
+            counts = torch.stack(
+                [
+                    per_img(w_ag.sum(1).to(z.dtype)),
+                    per_img(w_sp.sum(1).to(z.dtype))
+                    if w_sp is not None
+                    else torch.zeros(nimg, dtype=z.dtype, device=z.device),
+                ]
+            )
             return torch.cat([torch.stack(sums).reshape(4, nimg), counts])  # (6, nimg)
 
         # paper form: per-anchor means (Eq. 5), separate negative sets, kept anchors have ≥1 task-agnostic positive
@@ -239,11 +263,18 @@ class _Block:
         return torch.stack([res.get(k, zeros) for k in order] + [per_img(kept.to(z.dtype)), zeros])  # (6, nimg)
 
 
-def hp_loss(inp: LossInputs, cfg: LossConfig = LossConfig(), lam: float = 0.0, neg_mask: torch.Tensor | None = None,
-            generator: torch.Generator | None = None,
-            paper_negs: tuple[torch.Tensor, torch.Tensor] | None = None) -> LossParts:
-    """The HP loss of one iteration. The random sample is injectable: `neg_mask` (code form, bool (N, NB)),
-    `paper_negs` (paper form, two bool (NB, NB) draws for N_ag and N_sp), or a `generator` to draw them."""
+def hp_loss(
+    inp: LossInputs,
+    cfg: LossConfig | None = None,
+    lam: float = 0.0,
+    neg_mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    paper_negs: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> LossParts:
+    """The HP loss of one iteration (`cfg` defaults to `LossConfig()`). The random sample is injectable: `neg_mask`
+    (code form, bool (N, NB)), `paper_negs` (paper form, two bool (NB, NB) draws for N_ag and N_sp), or a
+    `generator` to draw them."""
+    cfg = LossConfig() if cfg is None else cfg
     b, n, _ = inp.z.shape
     nb = b * n
     lam = lam if cfg.use_sp else 0.0
@@ -277,7 +308,11 @@ def hp_loss(inp: LossInputs, cfg: LossConfig = LossConfig(), lam: float = 0.0, n
     sums = torch.cat(parts, dim=1)  # (6, B)
 
     zero = inp.z.new_zeros(())
-    reg = consistency(inp.z, inp.z_aug).mean() if (cfg.use_reg and inp.z_aug is not None and cfg.objective == "hp") else zero
+    reg = (
+        consistency(inp.z, inp.z_aug).mean()
+        if (cfg.use_reg and inp.z_aug is not None and cfg.objective == "hp")
+        else zero
+    )
     alpha = cfg.alpha if cfg.use_reg else 0.0
     if cfg.objective == "self":
         loss = -sums[0].sum() / nb
@@ -308,8 +343,17 @@ def hp_loss(inp: LossInputs, cfg: LossConfig = LossConfig(), lam: float = 0.0, n
         phi_ag = float(f_ag.detach().sum() / n_kept)
         phi_sp = float(f_sp.detach().sum() / n_kept) if cfg.use_sp else float("nan")
     total = cont + alpha * reg
-    return LossParts(total=total, phi=phi, psi=psi, reg=reg, phi_ag=phi_ag, phi_sp=phi_sp,
-                     n_pos_ag=p_ag_counts, n_pos_sp=p_sp_counts, dropped=dropped)
+    return LossParts(
+        total=total,
+        phi=phi,
+        psi=psi,
+        reg=reg,
+        phi_ag=phi_ag,
+        phi_sp=phi_sp,
+        n_pos_ag=p_ag_counts,
+        n_pos_sp=p_sp_counts,
+        dropped=dropped,
+    )
 
 
 def _positive_counts(block: _Block, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:

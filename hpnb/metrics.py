@@ -1,4 +1,5 @@
 """Segmentation metrics of the official evaluation (spec §4.2): confusion matrix, Hungarian matching, Acc, mIoU."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ def patch_labels(labels: torch.Tensor, grid: tuple[int, int], chunk: int = 16) -
     n_cls = int(labels.max().clamp_min(0)) + 2  # channel 0 = ignore, channel k + 1 = class k
     out = []
     for i in range(0, len(labels), chunk):
-        one_hot = F.one_hot(labels[i:i + chunk].clamp_min(IGNORE) + 1, n_cls).permute(0, 3, 1, 2).float()
+        one_hot = F.one_hot(labels[i : i + chunk].clamp_min(IGNORE) + 1, n_cls).permute(0, 3, 1, 2).float()
         counts = F.adaptive_avg_pool2d(one_hot, grid)  # share of each label in each patch
         out.append(counts.argmax(1) - 1)  # argmax keeps the first maximum: ignore, then the smallest class
     return torch.cat(out)
@@ -30,7 +31,9 @@ def patch_labels(labels: torch.Tensor, grid: tuple[int, int], chunk: int = 16) -
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, n_pred: int, n_classes: int) -> torch.Tensor:
     """Counts (n_pred, n_classes): rows = predicted cluster/class, cols = ground truth; GT outside [0, C) ignored."""
     if pred.shape != target.shape:
-        raise ValueError(f"pred and target must have the same shape, found {tuple(pred.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"pred and target must have the same shape, found {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
     keep = (target >= 0) & (target < n_classes)
     pred, target = pred[keep], target[keep]

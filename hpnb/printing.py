@@ -9,6 +9,7 @@ are the same on every CPU and thread count, and a real change (0.5 points of a m
 and one explanatory line when it does not: under `pytest --nbval` that line is a changed output, so the check
 fails; a student who changed a parameter reads why the text and the run now disagree.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,10 @@ def expect(value: float, ref: float, tol: float, what: str = "this number") -> N
     Returns nothing, so a notebook cell that ends with it displays nothing."""
     value = float(value)
     if not abs(value - ref) <= tol:
-        print(f"note: {what} = {value:.4g} in this run, but the text here was written for {ref:g} ± {tol:g} "
-              "(the default parameters). If you changed a parameter that is expected; otherwise the result changed.")
+        print(
+            f"note: {what} = {value:.4g} in this run, but the text here was written for {ref:g} ± {tol:g} "
+            "(the default parameters). If you changed a parameter that is expected; otherwise the result changed."
+        )
 
 
 __all__ = ["pct", "count", "num", "expect"]

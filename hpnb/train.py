@@ -3,9 +3,10 @@
     run = hpnb.train.train(hpnb.config.get_config("toy"), out="runs/toy")
     python -m hpnb train --preset toy [key=value ...] [--resume]
 
-Runs go to `runs/<name>/`: config.json, log.jsonl, checkpoint.pt (resume), best.pt (best on val by the sum of
-cluster/linear Acc and mIoU, as the official code), metrics.json, figures.
+Runs go to `runs/<name>/` (the layout and its readers: `hpnb.runs`): config.json, log.jsonl, checkpoint.pt (resume),
+best.pt (best on val by the sum of cluster/linear Acc and mIoU, as the official code), metrics.json, loss.png.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,19 +21,36 @@ import torch
 from tqdm.auto import tqdm
 
 from hpnb.config import HPConfig
-from hpnb.features import FeatureSet, extract_features
+from hpnb.features import extract_features
 from hpnb.heads import ema_update
 from hpnb.losses import LossConfig, hp_loss, lambda_schedule
 from hpnb.model import HPModel
 from hpnb.positives import attention_to_lhp, build_reference_pools, pool_image_indices
+from hpnb.runs import (
+    BEST,
+    CHECKPOINT,
+    CONFIG,
+    LAST_GOOD,
+    METRICS,
+    append_log,
+    dataset_for,
+    finished,
+    load_checkpoint,
+    load_run,
+    read_log,
+    run_steps,
+    save_state,
+    truncate_log,
+)
 from hpnb.utils import HpnbError, pick_device, seed_everything
 
-CHECKPOINT, BEST, LAST_GOOD = "checkpoint.pt", "best.pt", "last_good.pt"
+build_dataset = dataset_for  # the configured dataset split (hpnb.runs.dataset_for), under its former name
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Data: the frozen backbone's outputs, from the cache or computed online
 # ----------------------------------------------------------------------------------------------------------
+
 
 class AugmentedView(torch.utils.data.Dataset):
     """A dataset's images through one fixed photometric augmentation per image (cache mode's augmented view)."""
@@ -41,7 +59,9 @@ class AugmentedView(torch.utils.data.Dataset):
         self.base, self.view, self.seed, self.jitter = base, view, seed, jitter_after_normalise
         self.split, self.root = getattr(base, "split", ""), getattr(base, "root", None)
         self.cache_name = f"{getattr(base, 'cache_name', type(base).__name__)}-aug"
-        self.cache_extra = f"{getattr(base, 'cache_extra', '')} view={view} seed={seed} jitter_after_normalise={self.jitter}"
+        self.cache_extra = (
+            f"{getattr(base, 'cache_extra', '')} view={view} seed={seed} jitter_after_normalise={self.jitter}"
+        )
 
     def __len__(self) -> int:
         return len(self.base)
@@ -55,19 +75,6 @@ class AugmentedView(torch.utils.data.Dataset):
         return item
 
 
-def build_dataset(cfg: HPConfig, split: str, res: int, n: int | None = None):
-    """The configured dataset split (the toy world takes n scenes)."""
-    from hpnb.data import get_dataset
-
-    if cfg.dataset == "toy":
-        from hpnb.toyworld import ToyWorld
-
-        return ToyWorld(split=split, n=n, res=res, seed=cfg.seed)
-    return get_dataset(cfg.dataset, split, root=cfg.data_root, res=res,
-                       transform="train" if split == cfg.train_split else "val",
-                       crop_type=cfg.crop_type if split == cfg.train_split else None)
-
-
 class CachedSource:
     """Training batches from cached features: clean features, precomputed LHP weights, one of K augmented views."""
 
@@ -75,12 +82,21 @@ class CachedSource:
         self.train = extract_features(backbone, dataset, progress=progress, precision=cfg.feature_precision)
         if self.train.attn is None:
             raise HpnbError("cached training features lack attention; delete the cache file and extract again")
-        self.aug = [extract_features(backbone, AugmentedView(dataset, v, cfg.seed, cfg.jitter_after_normalise),
-                                     attention=False, progress=progress, precision=cfg.feature_precision).feats
-                    for v in range(max(cfg.aug_views, 1))]
+        self.aug = [
+            extract_features(
+                backbone,
+                AugmentedView(dataset, v, cfg.seed, cfg.jitter_after_normalise),
+                attention=False,
+                progress=progress,
+                precision=cfg.feature_precision,
+            ).feats
+            for v in range(max(cfg.aug_views, 1))
+        ]
         # LHP weights depend only on the frozen attention: computed once (spec §2.7)
-        parts = [attention_to_lhp(self.train.attn[i:i + 64], self.train.grid, cfg.form, cfg.sigma)
-                 for i in range(0, len(self.train), 64)]
+        parts = [
+            attention_to_lhp(self.train.attn[i : i + 64], self.train.grid, cfg.form, cfg.sigma)
+            for i in range(0, len(self.train), 64)
+        ]
         self.lhp_w = torch.cat([p[0] for p in parts])
         self.lhp_d = torch.cat([p[1] for p in parts])
         self.train.attn = None  # not needed any more: free the memory
@@ -88,8 +104,12 @@ class CachedSource:
 
     def batch(self, idx: torch.Tensor, gen: torch.Generator, device) -> dict:
         view = int(torch.randint(len(self.aug), (1,), generator=gen))
-        return {"feats": self.train.feats[idx].to(device).float(), "feats_aug": self.aug[view][idx].to(device).float(),
-                "lhp": (self.lhp_w[idx].to(device), self.lhp_d[idx].to(device)), "labels": self.train.labels[idx].to(device)}
+        return {
+            "feats": self.train.feats[idx].to(device).float(),
+            "feats_aug": self.aug[view][idx].to(device).float(),
+            "lhp": (self.lhp_w[idx].to(device), self.lhp_d[idx].to(device)),
+            "labels": self.train.labels[idx].to(device),
+        }
 
     def pool_features(self, idx: torch.Tensor, device) -> torch.Tensor:
         return self.train.feats[idx].to(device).float()
@@ -106,7 +126,11 @@ class OnlineSource:
         return torch.stack([it["image"] for it in items]), torch.stack([it["label"] for it in items])
 
     def _forward(self, images: torch.Tensor, attention: bool, device):
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+        amp = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if device.type == "cuda"
+            else torch.autocast("cpu", enabled=False)
+        )
         with amp:
             return self.backbone(images.to(device), attention=attention)
 
@@ -128,6 +152,7 @@ class OnlineSource:
 # The trainer
 # ----------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class TrainResult:
     """Where the run is and what it reached."""
@@ -141,9 +166,19 @@ class TrainResult:
 
 def loss_config(cfg: HPConfig) -> LossConfig:
     """The loss settings of a run config."""
-    return LossConfig(form=cfg.form, tau=cfg.tau, rho=cfg.rho, alpha=cfg.alpha, use_sp=cfg.use_sp, use_lhp=cfg.use_lhp,
-                      symmetric=cfg.symmetric, use_reg=cfg.use_reg, objective=cfg.objective,
-                      propagation=cfg.propagation, chunk_images=cfg.chunk_images)
+    return LossConfig(
+        form=cfg.form,
+        tau=cfg.tau,
+        rho=cfg.rho,
+        alpha=cfg.alpha,
+        use_sp=cfg.use_sp,
+        use_lhp=cfg.use_lhp,
+        symmetric=cfg.symmetric,
+        use_reg=cfg.use_reg,
+        objective=cfg.objective,
+        propagation=cfg.propagation,
+        chunk_images=cfg.chunk_images,
+    )
 
 
 class Trainer:
@@ -168,8 +203,13 @@ class Trainer:
             self.source = OnlineSource(cfg, self.backbone, train_set)
         else:
             raise HpnbError(f"backbone_mode must be 'cache' or 'online', found {cfg.backbone_mode!r}")
-        self.val = extract_features(self.backbone, build_dataset(cfg, cfg.val_split, cfg.val_res, cfg.n_val),
-                                    attention=False, progress=progress, precision=cfg.feature_precision)
+        self.val = extract_features(
+            self.backbone,
+            build_dataset(cfg, cfg.val_split, cfg.val_res, cfg.n_val),
+            attention=False,
+            progress=progress,
+            precision=cfg.feature_precision,
+        )
         seed_everything(cfg.seed)  # here, so the init does not depend on whether features came from the cache
         self.model = HPModel(self.backbone.embed_dim, cfg.dim, self.n_classes, cfg.dropout, cfg.form).to(self.device)
         self.model.train()
@@ -186,19 +226,21 @@ class Trainer:
         if self.total < 1:
             raise HpnbError(f"nothing to train: epochs={cfg.epochs} × {self.iters_per_epoch} iterations per epoch")
         if cfg.pool_size > self.source.n:
-            raise HpnbError(f"pool_size M={cfg.pool_size} needs at least M training images, found {self.source.n}; "
-                            f"lower pool_size")
+            raise HpnbError(
+                f"pool_size M={cfg.pool_size} needs at least M training images, found {self.source.n}; lower pool_size"
+            )
         self.step, self.q_ag, self.q_sp = 0, None, None
         self.best = {"score": -math.inf}
-        cfg.save(self.out / "config.json")
+        cfg.save(self.out / CONFIG)
 
     # -- pools --------------------------------------------------------------------------------------------
     def build_pools(self, task_agnostic: bool) -> None:
         """Q_ag (once) and/or Q_sp (renewed) from M random training images, the net in train mode (spec §2.2)."""
         idx = pool_image_indices(self.source.n, self.cfg.pool_size, self.gen)  # M distinct images
         batches = (self.source.pool_features(chunk, self.device) for chunk in idx.split(self.cfg.batch_size))
-        q_ag, q_sp = build_reference_pools(batches, self.model.heads, self.cfg.pool_size, self.gen,
-                                           task_specific=self.cfg.use_sp)
+        q_ag, q_sp = build_reference_pools(
+            batches, self.model.heads, self.cfg.pool_size, self.gen, task_specific=self.cfg.use_sp
+        )
         if task_agnostic:
             self.q_ag = q_ag
         self.q_sp = q_sp
@@ -207,21 +249,30 @@ class Trainer:
     def train_step(self, idx: torch.Tensor, lam: float) -> dict:
         cfg, model = self.cfg, self.model
         batch = self.source.batch(idx, self.gen, self.device)
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if (self.device.type == "cuda" and cfg.amp) \
+        amp = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if (self.device.type == "cuda" and cfg.amp)
             else torch.autocast("cpu", enabled=False)
+        )
         with amp:
-            inputs, codes = model.loss_inputs(batch["feats"], batch["feats_aug"], batch["lhp"], self.q_ag,
-                                              self.q_sp if cfg.use_sp else None,
-                                              need_mix=cfg.use_lhp and cfg.propagation == "gradient")
+            inputs, codes = model.loss_inputs(
+                batch["feats"],
+                batch["feats_aug"],
+                batch["lhp"],
+                self.q_ag,
+                self.q_sp if cfg.use_sp else None,
+                need_mix=cfg.use_lhp and cfg.propagation == "gradient",
+            )
         ema_update(model.heads.ema, model.heads.seg, cfg.ema_m)  # after S' was used, with S before this step
         neg = torch.rand(inputs.z.shape[1], inputs.z.shape[0] * inputs.z.shape[1], generator=self.gen) < cfg.rho
-        parts = hp_loss(inputs, loss_config(cfg), lam=lam, neg_mask=neg.to(self.device),
-                        generator=self.gen)
+        parts = hp_loss(inputs, loss_config(cfg), lam=lam, neg_mask=neg.to(self.device), generator=self.gen)
         linear_loss, cluster_loss = model.probe_losses(codes, batch["labels"])
         if not torch.isfinite(parts.total):
             path = self.save(LAST_GOOD)
-            raise HpnbError(f"the loss became {float(parts.total)} at step {self.step}; the last good weights are in "
-                            f"{path}. Lower lr (now {cfg.lr}) or tau, or check the input features.")
+            raise HpnbError(
+                f"the loss became {float(parts.total)} at step {self.step}; the last good weights are in "
+                f"{path}. Lower lr (now {cfg.lr}) or tau, or check the input features."
+            )
         for opt in (self.opt, self.opt_proj, self.opt_linear, self.opt_cluster):
             opt.zero_grad(set_to_none=True)
         (parts.total + linear_loss + cluster_loss).backward()
@@ -244,21 +295,34 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------------------
     def state(self) -> dict:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "opt_proj": self.opt_proj.state_dict(),
-                "opt_linear": self.opt_linear.state_dict(), "opt_cluster": self.opt_cluster.state_dict(),
-                "step": self.step, "q_ag": self.q_ag, "q_sp": self.q_sp, "best": json.dumps(self.best),
-                "rng_torch": torch.get_rng_state(), "rng_gen": self.gen.get_state(),
-                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "meta": json.dumps({"backbone": self.cfg.backbone, "dim": self.cfg.dim, "in_dim": self.model.in_dim,
-                                    "n_classes": self.n_classes, "classes": self.classes, "form": self.cfg.form})}
+        return {
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "opt_proj": self.opt_proj.state_dict(),
+            "opt_linear": self.opt_linear.state_dict(),
+            "opt_cluster": self.opt_cluster.state_dict(),
+            "step": self.step,
+            "q_ag": self.q_ag,
+            "q_sp": self.q_sp,
+            "best": json.dumps(self.best),
+            "rng_torch": torch.get_rng_state(),
+            "rng_gen": self.gen.get_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "meta": json.dumps(
+                {
+                    "backbone": self.cfg.backbone,
+                    "dim": self.cfg.dim,
+                    "in_dim": self.model.in_dim,
+                    "n_classes": self.n_classes,
+                    "classes": self.classes,
+                    "form": self.cfg.form,
+                }
+            ),
+        }
 
     def save(self, name: str) -> Path:
         """Atomic save under the run folder."""
-        path = self.out / name
-        tmp = path.with_suffix(".part")
-        torch.save(self.state(), tmp)
-        tmp.replace(path)
-        return path
+        return save_state(self.state(), self.out / name)
 
     def resume(self) -> bool:
         """Continue from `checkpoint.pt` exactly (weights, optimisers, pools, RNG states, step)."""
@@ -267,8 +331,12 @@ class Trainer:
             return False
         state = load_checkpoint(path, self.cfg, self.model.in_dim, self.n_classes)
         self.model.load_state_dict(state["model"])
-        for key, opt in (("opt", self.opt), ("opt_proj", self.opt_proj), ("opt_linear", self.opt_linear),
-                         ("opt_cluster", self.opt_cluster)):
+        for key, opt in (
+            ("opt", self.opt),
+            ("opt_proj", self.opt_proj),
+            ("opt_linear", self.opt_linear),
+            ("opt_cluster", self.opt_cluster),
+        ):
             opt.load_state_dict(state[key])
         self.step, self.q_ag, self.q_sp = state["step"], state["q_ag"], state["q_sp"]
         self.best = json.loads(state["best"])
@@ -276,7 +344,7 @@ class Trainer:
         self.gen.set_state(state["rng_gen"])
         if state["rng_cuda"]:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
-        _truncate_log(self.out / "log.jsonl", self.step)
+        truncate_log(self.out, self.step)
         return True
 
     # -- the loop -----------------------------------------------------------------------------------------
@@ -284,7 +352,7 @@ class Trainer:
         cfg = self.cfg
         resumed = self.resume() if resume else False
         if not resumed:
-            _truncate_log(self.out / "log.jsonl", 0)
+            truncate_log(self.out, 0)
             self.build_pools(task_agnostic=True)  # Q_ag once, Q_sp from the initial S'
         ipe = self.iters_per_epoch
         bar = tqdm(total=self.total, initial=self.step, desc=f"train {cfg.name}", disable=not self.progress)
@@ -297,7 +365,7 @@ class Trainer:
                     self.build_pools(task_agnostic=False)  # renew Q_sp (the counter restarts each epoch)
                 lam = lambda_schedule(self.step, self.total, cfg.lam_warmup)
                 t0 = time.perf_counter()
-                log = self.train_step(order[i * cfg.batch_size:(i + 1) * cfg.batch_size], lam)
+                log = self.train_step(order[i * cfg.batch_size : (i + 1) * cfg.batch_size], lam)
                 self.step += 1
                 log.update(step=self.step, epoch=epoch, seconds=round(time.perf_counter() - t0, 4))
                 if self.step % cfg.val_every == 0 or self.step == self.total:
@@ -307,71 +375,29 @@ class Trainer:
                         self.best = {**last_val, "step": self.step}
                         self.save(BEST)
                 if self.step % cfg.log_every == 0 or "val" in log or self.step == self.total:
-                    with open(self.out / "log.jsonl", "a") as fh:
-                        fh.write(json.dumps(log) + "\n")
+                    append_log(self.out, log)
                 if self.step % cfg.checkpoint_every == 0 or self.step == self.total:
                     self.save(CHECKPOINT)
                 bar.set_postfix({k: f"{log[k]:.3f}" for k in ("loss", "phi", "psi", "reg", "lam")})
                 bar.update(1)
         except torch.cuda.OutOfMemoryError as err:
-            raise HpnbError(f"GPU out of memory at step {self.step} (batch_size={cfg.batch_size}, "
-                            f"chunk_images={cfg.chunk_images}). Lower chunk_images first (memory of the loss), then "
-                            f"batch_size, or use backbone_mode='cache'.") from err
+            raise HpnbError(
+                f"GPU out of memory at step {self.step} (batch_size={cfg.batch_size}, "
+                f"chunk_images={cfg.chunk_images}). Lower chunk_images first (memory of the loss), then "
+                f"batch_size, or use backbone_mode='cache'."
+            ) from err
         finally:
             bar.close()
-        (self.out / "metrics.json").write_text(json.dumps({"best": self.best, "last": last_val}, indent=2))
+        (self.out / METRICS).write_text(json.dumps({"best": self.best, "last": last_val}, indent=2))
         plot_log(self.out)
         return TrainResult(out=self.out, model=self.model, best=self.best, last=last_val, steps=self.step)
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Keep the log lines up to `step` (a resumed run rewrites what came after its checkpoint)."""
-    if not path.is_file():
-        return
-    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in lines))
-
-
-def load_checkpoint(path: str | Path, cfg: HPConfig | None = None, in_dim: int | None = None,
-                    n_classes: int | None = None) -> dict:
-    """Read a checkpoint (weights_only) and check it belongs to this backbone, K and class count."""
-    path = Path(path)
-    if not path.is_file():
-        raise HpnbError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    meta = json.loads(state["meta"])
-    expected = {"backbone": cfg.backbone if cfg else None, "dim": cfg.dim if cfg else None, "in_dim": in_dim,
-                "n_classes": n_classes}
-    wrong = {k: (meta[k], v) for k, v in expected.items() if v is not None and meta[k] != v}
-    if wrong:
-        raise HpnbError(f"{path} does not fit this run: " + ", ".join(f"{k} is {a} there, {b} here" for k, (a, b) in wrong.items())
-                        + ". Use a run folder of its own, or the same backbone and dim (K).")
-    return state
-
-
-def train(cfg: HPConfig, out: str | Path | None = None, resume: bool = False, backbone=None,
-          progress: bool = True) -> TrainResult:
+def train(
+    cfg: HPConfig, out: str | Path | None = None, resume: bool = False, backbone=None, progress: bool = True
+) -> TrainResult:
     """Train HP with `cfg` into `out` (default runs/<cfg.name>)."""
     return Trainer(cfg, out or Path("runs") / cfg.name, backbone=backbone, progress=progress).fit(resume=resume)
-
-
-def run_steps(cfg: HPConfig) -> int:
-    """The number of iterations a config trains for: epochs × (training images // batch), capped by max_iters."""
-    n_train = len(build_dataset(cfg, cfg.train_split, cfg.res, cfg.n_train))
-    return min(cfg.epochs * (n_train // cfg.batch_size), cfg.max_iters or 10**9)
-
-
-def _finished_run(out: Path, cfg: HPConfig, total: int) -> bool | None:
-    """True: `out` holds this config, trained to the end; False: this config, unfinished; None: empty or another config."""
-    saved = out / "config.json"
-    if not saved.is_file():
-        return None
-    if json.loads(saved.read_text()) != json.loads(json.dumps(cfg.to_dict())):
-        return None
-    ckpt = out / CHECKPOINT
-    done = (ckpt.is_file() and (out / "metrics.json").is_file()
-            and torch.load(ckpt, map_location="cpu", weights_only=True)["step"] == total)
-    return done
 
 
 class TrainedRun(NamedTuple):
@@ -388,22 +414,23 @@ def train_or_load(cfg: HPConfig, out: str | Path, backbone=None, progress: bool 
 
     A folder that holds a run of another config is never overwritten: this config then goes to `out-<digest>`,
     a digest of the config, so a notebook that changes a parameter keeps the default run intact."""
-    from hpnb.evaluate import load_run
     from hpnb.printing import pct
 
     out = Path(out)
     total = run_steps(cfg)
-    state = _finished_run(out, cfg, total)
-    if state is None and (out / "config.json").is_file():
+    state = finished(out, cfg, total)
+    if state is None and (out / CONFIG).is_file():
         digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
         out = out.with_name(f"{out.name}-{digest}")
-        state = _finished_run(out, cfg, total)
+        state = finished(out, cfg, total)
     if not state:
         train(cfg, out=out, resume=state is False, backbone=backbone, progress=progress)
-    best = json.loads((out / "metrics.json").read_text())["best"]
-    print(f"{out.name}: {total} steps; best on val at step {best['step']}: "
-          f"cluster Acc {pct(best['cluster']['acc'] / 100)} mIoU {pct(best['cluster']['miou'] / 100)} | "
-          f"linear Acc {pct(best['linear']['acc'] / 100)} mIoU {pct(best['linear']['miou'] / 100)}")
+    best = json.loads((out / METRICS).read_text())["best"]
+    print(
+        f"{out.name}: {total} steps; best on val at step {best['step']}: "
+        f"cluster Acc {pct(best['cluster']['acc'] / 100)} mIoU {pct(best['cluster']['miou'] / 100)} | "
+        f"linear Acc {pct(best['linear']['acc'] / 100)} mIoU {pct(best['linear']['miou'] / 100)}"
+    )
     return TrainedRun(*load_run(out), out)
 
 
@@ -414,10 +441,7 @@ def plot_log(out: str | Path) -> Path | None:
     """
     from matplotlib.figure import Figure
 
-    path = Path(out) / "log.jsonl"
-    if not path.is_file():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    rows = read_log(out)
     if not rows:
         return None
     steps = [r["step"] for r in rows]

@@ -1,4 +1,5 @@
 """Small shared helpers: the one device chooser, seeding, cache paths and the hpnb error type."""
+
 from __future__ import annotations
 
 import os
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+__version__ = "0.1.0"  # the package's version (hpnb.__version__)
 
 
 class HpnbError(RuntimeError):
@@ -56,13 +59,7 @@ class Session:
     threads: int
 
     def __str__(self) -> str:
-        return f"hpnb {_version()} | torch {torch.__version__.split('+')[0]} | device={self.device.type} | seed={self.seed}"
-
-
-def _version() -> str:
-    from hpnb import __version__
-
-    return __version__
+        return f"hpnb {__version__} | torch {torch.__version__.split('+')[0]} | device={self.device.type} | seed={self.seed}"
 
 
 def setup(seed: int = 0, device: str | None = None, quiet: bool = False) -> Session:

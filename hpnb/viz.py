@@ -1,11 +1,11 @@
 """Figures shared by the notebooks, the CLI and reports: fixed class palettes, image | label grids, confusion
 heatmaps and per-class IoU tables."""
+
 from __future__ import annotations
 
 import math
 
 import matplotlib
-
 import numpy as np
 import torch
 
@@ -33,8 +33,9 @@ def colorize(label: torch.Tensor | np.ndarray, colours: np.ndarray) -> np.ndarra
     return out
 
 
-def label_grid(images: np.ndarray, columns: dict[str, np.ndarray], classes: list[str], colours: np.ndarray,
-               max_rows: int = 4):
+def label_grid(
+    images: np.ndarray, columns: dict[str, np.ndarray], classes: list[str], colours: np.ndarray, max_rows: int = 4
+):
     """Figure with one row per image: the photo, then one colour-coded label map per named column.
 
     The ground truth is a column like any other, e.g. {"ground truth": gt, "cluster": c, "linear": l, "+CRF": r}.
@@ -85,15 +86,28 @@ def confusion_figure(conf: np.ndarray | torch.Tensor, classes: list[str], normal
     conf = np.asarray(conf, dtype=np.float64)
     n = len(classes)
     if conf.shape != (n, n):
-        raise HpnbError(f"confusion_figure expects a ({n}, {n}) matrix for {n} classes, found {conf.shape}; "
-                        "pass hpnb.metrics.matched_confusion(...) for clusters")
+        raise HpnbError(
+            f"confusion_figure expects a ({n}, {n}) matrix for {n} classes, found {conf.shape}; "
+            "pass hpnb.metrics.matched_confusion(...) for clusters"
+        )
     data = column_normalize(conf) if normalize else conf
     width = _confusion_width(n)
     fig, ax = plt.subplots(figsize=(width, 0.85 * width))
     small = n <= 12
-    sns.heatmap(data, ax=ax, cmap="Blues", vmin=0, vmax=1 if normalize else None, square=True,
-                annot=small, fmt=".2f" if normalize else ".0f", annot_kws={"fontsize": 6},
-                xticklabels=classes, yticklabels=classes, cbar_kws={"shrink": 0.8})
+    sns.heatmap(
+        data,
+        ax=ax,
+        cmap="Blues",
+        vmin=0,
+        vmax=1 if normalize else None,
+        square=True,
+        annot=small,
+        fmt=".2f" if normalize else ".0f",
+        annot_kws={"fontsize": 6},
+        xticklabels=classes,
+        yticklabels=classes,
+        cbar_kws={"shrink": 0.8},
+    )
     ax.set_xlabel("ground truth", fontsize=8)
     ax.set_ylabel("predicted", fontsize=8)
     ax.tick_params(labelsize=7 if small else 6)
@@ -110,7 +124,7 @@ def iou_table(ious: dict[str, list[float]], classes: list[str]) -> str:
             raise HpnbError(f"iou_table: method {method!r} has {len(values)} values for {len(classes)} classes")
     table = np.array([list(v) for v in ious.values()], dtype=np.float64).reshape(len(ious), len(classes))
     defined = ~np.isnan(table)
-    means = [float(row[ok].mean()) if ok.any() else math.nan for row, ok in zip(table, defined)]
+    means = [float(row[ok].mean()) if ok.any() else math.nan for row, ok in zip(table, defined, strict=True)]
 
     def cell(x: float) -> str:
         return "–" if math.isnan(x) else f"{x:.1f}"
@@ -132,7 +146,7 @@ def crf_comparison(scores: dict, title: str = ""):
     heads = ("cluster", "linear")
     with_crf = all(f"{h}+crf" in scores for h in heads)
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.8))
-    for ax, metric in zip(axes, ("acc", "miou")):
+    for ax, metric in zip(axes, ("acc", "miou"), strict=True):
         bars = {"without CRF": [getattr(scores[h], metric) for h in heads]}
         if with_crf:
             bars["with CRF"] = [getattr(scores[f"{h}+crf"], metric) for h in heads]
@@ -148,6 +162,40 @@ def crf_comparison(scores: dict, title: str = ""):
     note = "" if with_crf else " (dense CRF not installed: pip install -r requirements-crf.txt)"
     fig.suptitle((title or "Effect of the dense CRF") + note, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def colorize_toyworld(label: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Toy-world label map (H, W) -> uint8 RGB (H, W, 3) with its fixed PALETTE; IGNORE (-1) pixels are black."""
+    from hpnb.data.toyworld import N_CLASSES, PALETTE
+
+    label = np.asarray(label.cpu() if isinstance(label, torch.Tensor) else label).astype(np.int64)
+    if label.size and (label.min() < -1 or label.max() >= N_CLASSES):
+        raise HpnbError(f"colorize expects labels in [-1, {N_CLASSES}), found [{label.min()}, {label.max()}]")
+    return colorize(label, np.array(PALETTE, np.uint8))
+
+
+def preview_toyworld(n: int = 8, res: int = 224, seed: int = 0, split: str = "train"):
+    """A matplotlib Figure: n toy scenes (top) over their colour-coded labels (bottom), with a class legend."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from hpnb.data.toyworld import CLASSES, PALETTE, ToyWorld
+
+    if n < 1:
+        raise HpnbError(f"preview needs n >= 1 scenes, found {n}")
+    data = ToyWorld(split, n=n, res=res, seed=seed)
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), squeeze=False)
+    for i in range(n):
+        image, label = data.raw(i)
+        axes[0, i].imshow(image)
+        axes[1, i].imshow(colorize_toyworld(label), interpolation="nearest")
+        axes[0, i].set_title(f"{split} {i}", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    handles = [Patch(color=np.array(rgb) / 255, label=name) for name, rgb in zip(CLASSES, PALETTE, strict=True)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(CLASSES), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 

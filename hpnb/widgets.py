@@ -2,6 +2,7 @@
 forward per slider move, `continuous_update=False`. Each has a static twin (the `*_figure` / `*_stats` functions
 called at the paper's defaults) and an `update(...)` method that unit tests call directly.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,8 +21,10 @@ def _flat(fs: FeatureSet, n_images: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit patch features (n·N, C) of the first `n_images` images (the anchors) and each patch's label (n·N,):
     the majority label of its pixels (`hpnb.metrics.patch_labels`), used only to measure purity."""
     if n_images >= len(fs):
-        raise HpnbError(f"the anchors are the first n_images={n_images} images and the reference pool needs other "
-                        f"images, but the feature set has only {len(fs)}; lower n_images or cache more images")
+        raise HpnbError(
+            f"the anchors are the first n_images={n_images} images and the reference pool needs other "
+            f"images, but the feature set has only {len(fs)}; lower n_images or cache more images"
+        )
     feats = fs.normalized(slice(0, n_images)).double()  # float64: no positive flips between CPU models
     n, c, h, w = feats.shape
     return feats.permute(0, 2, 3, 1).reshape(-1, c), patch_labels(fs.labels[:n], (h, w)).reshape(-1)
@@ -54,14 +57,19 @@ def ghp_stats(fs: FeatureSet, pool_size: int = 64, n_images: int = 16, seed: int
     per_image = len(x) // n_images
     image = torch.arange(len(x)) // per_image
     same = (lab[:, None] == lab[None, :]) & (lab[:, None] >= 0) & ~torch.eye(len(x), dtype=torch.bool)
-    return {"M": pool_size, "mean_positives": float(n_pos.mean()),
-            "recall": float((pos & same).sum() / same.sum().clamp_min(1)),
-            "other_images": float((pos & (image[:, None] != image[None, :])).sum() / pos.sum().clamp_min(1)),
-            "share_without_positive": float((n_pos == 0).float().mean()), "purity": purity(pos, lab)}
+    return {
+        "M": pool_size,
+        "mean_positives": float(n_pos.mean()),
+        "recall": float((pos & same).sum() / same.sum().clamp_min(1)),
+        "other_images": float((pos & (image[:, None] != image[None, :])).sum() / pos.sum().clamp_min(1)),
+        "share_without_positive": float((n_pos == 0).float().mean()),
+        "purity": purity(pos, lab),
+    }
 
 
-def contrast_stats(fs: FeatureSet, tau: float = 0.6, rho: float = 0.05, pool_size: int = 64, n_images: int = 16,
-                   seed: int = 0) -> dict:
+def contrast_stats(
+    fs: FeatureSet, tau: float = 0.6, rho: float = 0.05, pool_size: int = 64, n_images: int = 16, seed: int = 0
+) -> dict:
     """With backbone features standing in for z: mean probability mass on the GHP under τ, and the size of the
     denominator (P_ag ∪ a ρ-sample), for the code form's shared denominator."""
     x, _ = _flat(fs, n_images)
@@ -73,8 +81,12 @@ def contrast_stats(fs: FeatureSet, tau: float = 0.6, rho: float = 0.05, pool_siz
     logits = (x @ x.T / tau).masked_fill(~denom, float("-inf"))
     p = torch.softmax(logits, dim=1).nan_to_num(0.0)
     keep = pos.any(1)
-    return {"tau": tau, "rho": rho, "mass_on_positives": float((p * pos).sum(1)[keep].mean()),
-            "denominator_size": float(denom.sum(1).float().mean())}
+    return {
+        "tau": tau,
+        "rho": rho,
+        "mass_on_positives": float((p * pos).sum(1)[keep].mean()),
+        "denominator_size": float(denom.sum(1).float().mean()),
+    }
 
 
 @dataclass
@@ -122,8 +134,9 @@ def explore_pool_size(fs: FeatureSet, values=(4, 8, 16, 32, 64, 128, 256), n_ima
     values = [m for m in values if m <= len(fs) - n_images]
     if not values:
         pool_image_indices(len(fs), 1, exclude=range(min(n_images, len(fs))))  # raises the explanatory error
-    slider = W.SelectionSlider(options=values, value=64 if 64 in values else values[len(values) // 2],
-                               description="M", continuous_update=False)
+    slider = W.SelectionSlider(
+        options=values, value=64 if 64 in values else values[len(values) // 2], description="M", continuous_update=False
+    )
     return _explorer(lambda pool_size: ghp_stats(fs, pool_size, n_images), {"pool_size": slider})
 
 
@@ -171,10 +184,27 @@ def _cell(key: str, value, formats: dict) -> str:
 
 
 # how each statistic is printed: shares in percent with one decimal, mean counts to three significant digits
-FORMATS = {"mean_positives": count, "denominator_size": count, "share_without_positive": pct, "purity": pct,
-           "mass_on_positives": pct, "recall": pct, "other_images": pct}
-HEADERS = {"M": "M", "tau": "τ", "rho": "ρ", "mean_positives": "mean |P_i|", "share_without_positive": "% without positive",
-           "purity": "purity %", "recall": "recall %", "other_images": "% in other images", "mass_on_positives": "% mass on P_i", "denominator_size": "denominator size"}
+FORMATS = {
+    "mean_positives": count,
+    "denominator_size": count,
+    "share_without_positive": pct,
+    "purity": pct,
+    "mass_on_positives": pct,
+    "recall": pct,
+    "other_images": pct,
+}
+HEADERS = {
+    "M": "M",
+    "tau": "τ",
+    "rho": "ρ",
+    "mean_positives": "mean |P_i|",
+    "share_without_positive": "% without positive",
+    "purity": "purity %",
+    "recall": "recall %",
+    "other_images": "% in other images",
+    "mass_on_positives": "% mass on P_i",
+    "denominator_size": "denominator size",
+}
 
 
 def stats_table(rows: list[dict], formats: dict | None = None, headers: dict | None = None) -> str:
@@ -186,8 +216,16 @@ def stats_table(rows: list[dict], formats: dict | None = None, headers: dict | N
     cells = [[headers.get(k, k) for k in keys]]
     cells += [[_cell(k, r[k], formats) for k in keys] for r in rows]
     widths = [max(len(row[j]) for row in cells) for j in range(len(keys))]
-    return "\n".join("  ".join(f"{c:>{w}}" for c, w in zip(row, widths)) for row in cells)
+    return "\n".join("  ".join(f"{c:>{w}}" for c, w in zip(row, widths, strict=True)) for row in cells)
 
 
-__all__ = ["ghp_stats", "contrast_stats", "Explorer", "explore_pool_size", "explore_temperature", "sweep", "stats_table"]
+__all__ = [
+    "ghp_stats",
+    "contrast_stats",
+    "Explorer",
+    "explore_pool_size",
+    "explore_temperature",
+    "sweep",
+    "stats_table",
+]
 _ = np  # numpy is used by notebooks through this module's namespace

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny in-memory dataset, a random-weight backbone (fast on 2 CPU cores), no pydensecrf."""
+
 import builtins
 
 import pytest
@@ -22,7 +23,7 @@ class TinySet(Dataset):
 
     def __getitem__(self, i):
         label = torch.zeros(self.images.shape[-2:], dtype=torch.int64)
-        label[:, label.shape[1] // 2:] = 1
+        label[:, label.shape[1] // 2 :] = 1
         return {"image": self.images[i], "label": label, "name": f"tiny_{i}", "index": i}
 
 

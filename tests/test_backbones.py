@@ -1,4 +1,5 @@
 """Backbones: the offline DINOv2 conversion against onnxruntime, attention scores, weights and errors."""
+
 import numpy as np
 import pytest
 import torch

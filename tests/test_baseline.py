@@ -1,4 +1,5 @@
 """The k-means baseline on features with a known answer."""
+
 import torch
 
 from hpnb.baseline import kmeans, kmeans_baseline
@@ -24,8 +25,12 @@ def _featureset(n=4, noise=0.2, seed=0):
     feats[:, 0, :, :2] = 1
     feats[:, 1, :, 2:] = 1
     feats = feats + noise * torch.randn(feats.shape, generator=g)
-    return FeatureSet(feats=feats.half(), labels=labels, images=torch.zeros(n, 16, 16, 3, dtype=torch.uint8),
-                      names=[str(i) for i in range(n)])
+    return FeatureSet(
+        feats=feats.half(),
+        labels=labels,
+        images=torch.zeros(n, 16, 16, 3, dtype=torch.uint8),
+        names=[str(i) for i in range(n)],
+    )
 
 
 def test_baseline_is_perfect_on_separable_features_and_worse_with_noise():

@@ -1,5 +1,5 @@
 """The command line and the demo job (small sizes)."""
-import pytest
+
 import torch
 
 from hpnb.__main__ import main
@@ -13,8 +13,21 @@ def test_demo_trains_evaluates_and_reports_the_computed_numbers(tmp_path, tmp_ca
     torch.manual_seed(0)
     backbone = load_backbone("dinov2_vits14_imgfocus", weights="random")
     monkeypatch.setattr("hpnb.backbones.load_backbone", lambda *a, **k: backbone)
-    summary = run_demo(out=tmp_path / "demo", progress=False, n_train=12, n_val=4, res=56, val_res=56, dim=8,
-                       pool_size=6, batch_size=4, epochs=1, aug_views=1, val_every=3, crf_workers=1)
+    summary = run_demo(
+        out=tmp_path / "demo",
+        progress=False,
+        n_train=12,
+        n_val=4,
+        res=56,
+        val_res=56,
+        dim=8,
+        pool_size=6,
+        batch_size=4,
+        epochs=1,
+        aug_views=1,
+        val_every=3,
+        crf_workers=1,
+    )
     report = (tmp_path / "demo" / "report.md").read_text()
     heads = ("cluster", "cluster+crf", "linear", "linear+crf") if crf_available() else ("cluster", "linear")
     for name in ("HP", "k-means"):
@@ -27,20 +40,34 @@ def test_demo_trains_evaluates_and_reports_the_computed_numbers(tmp_path, tmp_ca
     assert (tmp_path / "demo" / "qualitative_test.png").is_file() and (tmp_path / "demo" / "loss.png").is_file()
 
 
-def test_evaluate_and_predict_without_pydensecrf_run_to_the_end(tmp_path, tmp_cache, monkeypatch, capsys,
-                                                                random_backbone, no_pydensecrf):
+def test_evaluate_and_predict_without_pydensecrf_run_to_the_end(
+    tmp_path, tmp_cache, monkeypatch, capsys, random_backbone, no_pydensecrf
+):
     import numpy as np
     from PIL import Image
 
     from hpnb.config import get_config
-    from hpnb.evaluate import evaluate_run
+    from hpnb.report import evaluate_run
     from hpnb.train import train
 
     backbone = random_backbone
     monkeypatch.setattr("hpnb.backbones.load_backbone", lambda *a, **k: backbone)
     monkeypatch.setattr("hpnb.crf._missing_noted", False)
-    cfg = get_config("toy", n_train=4, n_val=2, res=56, val_res=56, dim=8, pool_size=4, batch_size=4, epochs=1,
-                     aug_views=1, val_every=1, crf=True, crf_workers=1)
+    cfg = get_config(
+        "toy",
+        n_train=4,
+        n_val=2,
+        res=56,
+        val_res=56,
+        dim=8,
+        pool_size=4,
+        batch_size=4,
+        epochs=1,
+        aug_views=1,
+        val_every=1,
+        crf=True,
+        crf_workers=1,
+    )
     run = train(cfg, out=tmp_path / "run", backbone=backbone, progress=False).out
     capsys.readouterr()
     summary = evaluate_run(run, split="test", crf=True, progress=False, workers=1)

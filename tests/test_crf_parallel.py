@@ -1,4 +1,5 @@
 """crf_batch: the process pool gives exactly the serial labels in input order, and never hangs (it falls back)."""
+
 import multiprocessing
 import time
 from concurrent.futures import Future
@@ -20,9 +21,9 @@ def _scene(seed: int, h: int, w: int) -> tuple[np.ndarray, torch.Tensor]:
     """A blocky 4-class image (one colour per class) and noisy, blurry quarter-resolution log-probabilities."""
     g = np.random.default_rng(seed)
     label = np.zeros((h, w), dtype=np.int64)
-    label[: h // 2, w // 3:] = 1
-    label[h // 2:, : 2 * w // 3] = 2
-    label[h // 3: 2 * h // 3, w // 4: w // 2] = 3
+    label[: h // 2, w // 3 :] = 1
+    label[h // 2 :, : 2 * w // 3] = 2
+    label[h // 3 : 2 * h // 3, w // 4 : w // 2] = 3
     colours = g.integers(0, 256, (N_CLASSES, 3))
     image = np.clip(colours[label] + g.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
     small = torch.as_tensor(label[::4, ::4])
@@ -38,7 +39,7 @@ def _batch(n: int = 6) -> tuple[list[np.ndarray], list[torch.Tensor]]:
 
 
 def _serial(images, logps) -> list[np.ndarray]:
-    return [crf_labels(im, lp) for im, lp in zip(images, logps)]
+    return [crf_labels(im, lp) for im, lp in zip(images, logps, strict=True)]
 
 
 class _NoPool:
@@ -72,12 +73,12 @@ class _HungPool(_BrokenPool):
 def test_parallel_equals_serial_in_input_order():
     images, logps = _batch()
     serial = _serial(images, logps)
-    for labels, lp in zip(serial, logps):  # the CRF changes labels of the plain (bilinear) prediction
+    for labels, lp in zip(serial, logps, strict=True):  # the CRF changes labels of the plain (bilinear) prediction
         plain = torch.nn.functional.interpolate(lp[None], size=labels.shape, mode="bilinear")[0].argmax(0)
         assert (labels != plain.numpy()).mean() > 0.01
     out = crf_batch(images, logps, workers=2, timeout=60)
     assert len(out) == len(images)
-    for got, want, im in zip(out, serial, images):
+    for got, want, im in zip(out, serial, images, strict=True):
         assert got.dtype == np.int64 and got.shape == im.shape[:2]
         np.testing.assert_array_equal(got, want)
 
@@ -88,7 +89,7 @@ def test_pool_failure_falls_back_to_serial(monkeypatch, capsys, pool):
     images, logps = _batch(4)
     monkeypatch.setattr(hpnb.crf, "ProcessPoolExecutor", pool)
     out = crf_batch(images, logps, workers=2, timeout=0.2)
-    for got, want in zip(out, _serial(images, logps)):
+    for got, want in zip(out, _serial(images, logps), strict=True):
         np.testing.assert_array_equal(got, want)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "running the 4 remaining images serially" in err
@@ -100,7 +101,7 @@ def test_timeout_stops_real_workers_without_waiting(capsys):
     start = time.perf_counter()
     out = crf_batch(images, logps, workers=2, timeout=0.01)  # workers are still starting: the pool is given up
     assert time.perf_counter() - start < 20
-    for got, want in zip(out, _serial(images, logps)):
+    for got, want in zip(out, _serial(images, logps), strict=True):
         np.testing.assert_array_equal(got, want)
     assert "no image finished within 0.01 s" in capsys.readouterr().err
     for child in multiprocessing.active_children():

@@ -1,4 +1,5 @@
 """Tests of hpnb.data: transforms, photometric augmentation, label maps, datasets, five-crop and errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,15 +13,19 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from hpnb import data as D
+from hpnb.__main__ import prepare_main
 from hpnb.utils import HpnbError, shared_dir
 
 CAMVID = shared_dir() / "data" / "camvid" if shared_dir() is not None else None
 CURATED = shared_dir() / "data" / "cocostuff27" / "curated" if shared_dir() is not None else None
-needs_camvid = pytest.mark.skipif(CAMVID is None or not CAMVID.is_dir(),
-                                  reason="real CamVid not found: ../shared/data/camvid is absent (set HPNB_SHARED)")
+needs_camvid = pytest.mark.skipif(
+    CAMVID is None or not CAMVID.is_dir(),
+    reason="real CamVid not found: ../shared/data/camvid is absent (set HPNB_SHARED)",
+)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
 
 def rand_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -47,6 +52,7 @@ def make_camvid(root: Path, n: int = 2, h: int = 40, w: int = 60, split: str = "
 
 # ---------------------------------------------------------------------------------------------- normalisation
 
+
 def test_normalize_denormalize_roundtrip_3d_and_4d():
     x = torch.rand(2, 3, 5, 7)
     assert torch.allclose(D.denormalize(D.normalize(x)), x, atol=1e-6)
@@ -59,6 +65,7 @@ def test_normalize_denormalize_roundtrip_3d_and_4d():
 
 # ---------------------------------------------------------------------------------------------- transforms
 
+
 @pytest.mark.parametrize("h,w", [(360, 480), (480, 360), (37, 53), (100, 100)])
 def test_resize_and_crop_geometry_match_torchvision(h, w):
     img = Image.fromarray(rand_image(h, w))
@@ -67,19 +74,26 @@ def test_resize_and_crop_geometry_match_torchvision(h, w):
     nh, nw = D.resized_size(h, w, 224)
     canvas = torch.arange(nh * nw).view(1, nh, nw)
     top, left = D.center_box(nh, nw, 224)
-    assert torch.equal(TF.center_crop(canvas, [224, 224]), canvas[:, top:top + 224, left:left + 224])
+    assert torch.equal(TF.center_crop(canvas, [224, 224]), canvas[:, top : top + 224, left : left + 224])
 
 
 def test_seg_transform_equals_torchvision_pipeline_and_labels_stay_aligned():
     image = rand_image(37, 53)
     label = np.random.default_rng(2).integers(0, 20, (37, 53))
     x, y = D.SegTransform(28)(Image.fromarray(image), label)
-    ref = T.Compose([T.Resize(28, T.InterpolationMode.NEAREST), T.CenterCrop(28), T.ToTensor(),
-                     T.Normalize(D.IMAGENET_MEAN, D.IMAGENET_STD)])(Image.fromarray(image))
+    ref = T.Compose(
+        [
+            T.Resize(28, T.InterpolationMode.NEAREST),
+            T.CenterCrop(28),
+            T.ToTensor(),
+            T.Normalize(D.IMAGENET_MEAN, D.IMAGENET_STD),
+        ]
+    )(Image.fromarray(image))
     assert torch.allclose(x, ref, atol=1e-6)
     # the label takes exactly the same nearest-neighbour pixels as the image
     ref_label = T.Compose([T.Resize(28, T.InterpolationMode.NEAREST), T.CenterCrop(28)])(
-        Image.fromarray(label.astype(np.uint8)))
+        Image.fromarray(label.astype(np.uint8))
+    )
     assert torch.equal(y, torch.from_numpy(np.asarray(ref_label).astype(np.int64)))
 
 
@@ -111,6 +125,7 @@ def test_bilinear_changes_the_image_but_never_the_label():
 
 # ---------------------------------------------------------------------------------------------- photometric
 
+
 def test_photometric_augment_is_reproducible_with_a_generator():
     x = D.normalize(torch.rand(2, 3, 16, 16))
     a = D.photometric_augment(x, torch.Generator().manual_seed(0))
@@ -126,8 +141,9 @@ def test_photometric_augment_is_reproducible_with_a_generator():
 def test_official_variant_clamps_the_normalised_tensor():
     x = D.normalize(torch.rand(3, 16, 16))
     assert (x < 0).any()
-    identity = D.PhotometricParams(order=(0, 1, 2, 3), brightness=1.0, contrast=1.0, saturation=1.0, hue=0.0,
-                                   grayscale=False, blur_sigma=None)
+    identity = D.PhotometricParams(
+        order=(0, 1, 2, 3), brightness=1.0, contrast=1.0, saturation=1.0, hue=0.0, grayscale=False, blur_sigma=None
+    )
     # even an "identity" jitter cuts the normalised values to [0, 1]: the harsh official quirk (spec §2.8)
     assert torch.allclose(D.apply_photometric(x, identity), x.clamp(0, 1), atol=1e-5)
     official = D.photometric_augment(x, torch.Generator().manual_seed(0), jitter_after_normalise=True)
@@ -149,6 +165,7 @@ def test_photometric_parameter_ranges_and_rates():
 
 # ---------------------------------------------------------------------------------------------- label maps
 
+
 def test_coco_182_to_27_mapping():
     lut = D.coco_fine_to_coarse()
     assert len(D.COCO27_CLASSES) == 27 == len(set(D.COCO27_CLASSES))
@@ -157,7 +174,16 @@ def test_coco_182_to_27_mapping():
     assert (lut[:91] < 12).all() and (lut[91:182] >= 12).all()  # things are 0..11, stuff 12..26
     name = lambda fine: D.COCO27_CLASSES[lut[fine]]  # noqa: E731
     assert (name(0), name(3), name(16), name(72), name(105), name(156), name(178), name(171), name(255 - 255)) == (
-        "person", "vehicle", "animal", "electronic", "sky", "sky", "water", "wall", "person")
+        "person",
+        "vehicle",
+        "animal",
+        "electronic",
+        "sky",
+        "sky",
+        "water",
+        "wall",
+        "person",
+    )
     assert lut[255] == -1
 
 
@@ -171,6 +197,7 @@ def test_cityscapes_and_potsdam_label_maps():
 
 
 # ---------------------------------------------------------------------------------------------- CamVid (real data)
+
 
 @pytest.mark.camvid
 @needs_camvid
@@ -198,6 +225,7 @@ def test_camvid_default_root_is_the_shared_copy():
 
 # ------------------------------------------------------------------------------------ COCO-Stuff-27 (synthetic)
 
+
 def make_coco(root: Path, nested: bool = True) -> list[str]:
     ids = ["000000000139", "000000000724", "000000000785"]
     for k, i in enumerate(ids):
@@ -205,8 +233,11 @@ def make_coco(root: Path, nested: bool = True) -> list[str]:
         fine = np.zeros((12, 16), np.uint8)
         fine[:, 4:8], fine[:, 8:12], fine[:, 12:] = 105, 255, 177  # person | sky | unlabeled | water
         save_png(fine, root / "annotations" / "val2017" / f"{i}.png")
-    lst = root / "curated" / ("val2017/Coco164kFull_Stuff_Coarse_7.txt" if nested
-                              else "val2017_Coco164kFull_Stuff_Coarse_7.txt")
+    lst = (
+        root
+        / "curated"
+        / ("val2017/Coco164kFull_Stuff_Coarse_7.txt" if nested else "val2017_Coco164kFull_Stuff_Coarse_7.txt")
+    )
     lst.parent.mkdir(parents=True, exist_ok=True)
     lst.write_text("\n".join(ids[::-1]) + "\n")
     return ids[::-1]
@@ -238,6 +269,7 @@ def test_curated_list_line_counts_and_shared_fallback(tmp_path):
 
 
 # ---------------------------------------------------------------------------- Cityscapes / Potsdam (synthetic)
+
 
 def test_cityscapes27_synthetic_folder(tmp_path):
     for city in ("aachen", "bremen"):
@@ -284,9 +316,10 @@ def test_potsdam3_synthetic_mat_files(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- five-crop
 
+
 def test_five_crop_boxes_match_torchvision():
     canvas = torch.arange(37 * 52).view(1, 37, 52)
-    ours = [canvas[:, t:t + h, x:x + w] for t, x, h, w in D.five_crop_boxes(37, 52, 0.5)]
+    ours = [canvas[:, t : t + h, x : x + w] for t, x, h, w in D.five_crop_boxes(37, 52, 0.5)]
     theirs = TF.five_crop(canvas, [18, 26])
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
 
@@ -294,9 +327,9 @@ def test_five_crop_boxes_match_torchvision():
 def test_five_crop_round_trip_through_cropped_dataset(tmp_path, capsys):
     root = make_camvid(tmp_path / "camvid", n=2, h=40, w=60)
     source = D.CamVid(root, "train")
-    assert D.main(["five-crop", "--dataset", "camvid", "--root", str(root), "--split", "train", "--quiet"]) == 0
+    assert prepare_main(["five-crop", "--dataset", "camvid", "--root", str(root), "--split", "train", "--quiet"]) == 0
     assert "wrote 10 crops" in capsys.readouterr().out
-    cropped = D.CroppedDataset(root, "camvid", "train")
+    cropped = D.CroppedDataset(root, D.CamVid, "train")
     assert len(cropped) == 10 and [s[0] for s in cropped.samples] == [str(k) for k in range(10)]
     assert cropped.classes == D.CAMVID_CLASSES and cropped.n_classes == 11
     boxes = D.five_crop_boxes(40, 60, 0.5)
@@ -304,8 +337,8 @@ def test_five_crop_round_trip_through_cropped_dataset(tmp_path, capsys):
         image, label = source.raw(k // 5)
         t, x, h, w = boxes[k % 5]
         crop_image, crop_label = cropped.raw(k)
-        assert crop_label.shape == (20, 30) and np.array_equal(crop_label, label[t:t + h, x:x + w])
-        assert np.abs(crop_image.astype(int) - image[t:t + h, x:x + w]).mean() < 25  # JPEG, lossy
+        assert crop_label.shape == (20, 30) and np.array_equal(crop_label, label[t : t + h, x : x + w])
+        assert np.abs(crop_image.astype(int) - image[t : t + h, x : x + w]).mean() < 25  # JPEG, lossy
     stored = np.asarray(Image.open(D.cropped_dir(root, "camvid", "train") / "label" / "train" / "0.png"))
     assert np.array_equal(stored.astype(np.int64) - 1, cropped.raw(0)[1]) and stored.min() >= 0
     assert (cropped.raw(0)[1] == -1).any() and cropped[3]["image"].shape == (3, 224, 224)
@@ -314,12 +347,13 @@ def test_five_crop_round_trip_through_cropped_dataset(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- errors and registry
 
+
 def test_missing_root_names_layout_and_download_command(tmp_path):
     with pytest.raises(D.DatasetError) as err:
         D.CocoStuff27(tmp_path / "nowhere", "train")
     msg = str(err.value)
     assert "does not exist" in msg and "images/{train2017,val2017}/<id>.jpg" in msg
-    assert f"python -m hpnb.download cocostuff27 --root {tmp_path / 'nowhere'}" in msg
+    assert f"python -m hpnb download cocostuff27 --root {tmp_path / 'nowhere'}" in msg
     assert isinstance(err.value, HpnbError)
     (tmp_path / "cs" / "leftImg8bit" / "train").mkdir(parents=True)
     with pytest.raises(D.DatasetError, match=r"missing folder gtFine/train/[\s\S]*login"):
@@ -329,9 +363,9 @@ def test_missing_root_names_layout_and_download_command(tmp_path):
 def test_missing_crops_point_to_five_crop_command(tmp_path):
     root = make_camvid(tmp_path)
     with pytest.raises(D.DatasetError) as err:
-        D.CroppedDataset(root, "camvid", "train")
+        D.CroppedDataset(root, D.CamVid, "train")
     assert "cropped/camvid_five_crop_0.5/img/train/<k>.jpg" in str(err.value)
-    assert f"python -m hpnb.data five-crop --dataset camvid --root {root} --split train" in str(err.value)
+    assert f"python -m hpnb prepare five-crop --dataset camvid --root {root} --split train" in str(err.value)
 
 
 def test_empty_split_and_unknown_split(tmp_path):

@@ -1,4 +1,5 @@
 """Tests of hpnb.download without the network: checksums, .part/rename, extraction, Cityscapes login text."""
+
 from __future__ import annotations
 
 import re
@@ -148,8 +149,13 @@ def test_cityscapes_explains_the_login(tmp_path, capsys):
     with pytest.raises(dl.LoginRequired) as err:
         dl.download_dataset("cityscapes27", tmp_path / "cs")
     msg = str(err.value)
-    for needle in ("cityscapes-dataset.com", "register", "gtFine_trainvaltest.zip", "leftImg8bit_trainvaltest.zip",
-                   str(tmp_path / "cs")):
+    for needle in (
+        "cityscapes-dataset.com",
+        "register",
+        "gtFine_trainvaltest.zip",
+        "leftImg8bit_trainvaltest.zip",
+        str(tmp_path / "cs"),
+    ):
         assert needle in msg
     assert dl.main(["cityscapes27", "--root", str(tmp_path / "cs")]) == 2
     assert "gtFine_trainvaltest.zip" in capsys.readouterr().out

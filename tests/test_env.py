@@ -1,5 +1,6 @@
 """The two install routes (pip/venv via the Makefile, conda via environment.yml) install the same pins; the
 optional dense CRF is pinned apart (requirements-crf.txt) and pyproject.toml's ranges agree with both locks."""
+
 import os
 import re
 import shutil
@@ -57,16 +58,20 @@ def test_pyproject_ranges_agree_with_the_locks():
     core, extras = _declared()
     assert core, "pyproject.toml must declare hpnb's runtime dependencies"
     assert set(extras) == {"crf", "dev"}
-    for label, reqs, filename in (("core", core, "requirements.txt"), ("dev", extras["dev"], "requirements.txt"),
-                                  ("crf", extras["crf"], "requirements-crf.txt")):
+    for label, reqs, filename in (
+        ("core", core, "requirements.txt"),
+        ("dev", extras["dev"], "requirements.txt"),
+        ("crf", extras["crf"], "requirements-crf.txt"),
+    ):
         lines = _pin_lines(filename)
         for req in reqs:
             assert not req.marker and not req.extras and not req.url, f"keep {req} a plain range"
             assert not any(str(s).startswith("==") for s in req.specifier), f"{req}: a range, the pin is the lock's"
             found = [v for name, v in lines if name == canonicalize_name(req.name)]
             assert len(found) == 1, f"{label} dependency {req} needs exactly one pin in {filename}, found {found}"
-            assert req.specifier.contains(found[0], prereleases=True), \
+            assert req.specifier.contains(found[0], prereleases=True), (
                 f"{filename} pins {req.name}=={found[0]}, outside pyproject's {label} range {req}"
+            )
     declared = {canonicalize_name(r.name) for r in core + [r for reqs in extras.values() for r in reqs]}
     for filename in ("requirements.txt", "requirements-crf.txt"):
         undeclared = set(_requirements(filename)) - declared
@@ -100,6 +105,7 @@ def test_installed_versions_are_the_pinned_ones():
 
 # ---- the Makefile's setup: the CRF is tried, a failure is one line, CRF=0 skips it -----------------------------
 
+
 def _make_setup(tmp_path: Path, crf_builds: bool, *args: str) -> tuple[subprocess.CompletedProcess, str]:
     """Run the real Makefile's setup in a copy of the repository's install files, with a stand-in python whose
     `pip install -r requirements-crf.txt` fails like a missing compiler (or succeeds); nothing is installed."""
@@ -111,16 +117,24 @@ def _make_setup(tmp_path: Path, crf_builds: bool, *args: str) -> tuple[subproces
     (venv / "bin").mkdir(parents=True)
     crf_result = "exit 0" if crf_builds else 'echo "error: command c++ failed: No such file" >&2; exit 1'
     fake = venv / "bin" / "python"
-    fake.write_text("#!/bin/sh\n"
-                    'echo "$*" >> "$(dirname "$0")/../calls.log"\n'
-                    'case "$*" in *requirements-crf.txt*)\n'
-                    '  echo "building pydensecrf2 ... lots of compiler output ..."\n'
-                    f"  {crf_result};;\n"
-                    "esac\n")
+    fake.write_text(
+        "#!/bin/sh\n"
+        'echo "$*" >> "$(dirname "$0")/../calls.log"\n'
+        'case "$*" in *requirements-crf.txt*)\n'
+        '  echo "building pydensecrf2 ... lots of compiler output ..."\n'
+        f"  {crf_result};;\n"
+        "esac\n"
+    )
     fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
-    out = subprocess.run(["make", "--no-print-directory", "setup", f"VENV={venv}", *args], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["make", "--no-print-directory", "setup", f"VENV={venv}", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     calls = (venv / "calls.log").read_text() if (venv / "calls.log").is_file() else ""
     return out, calls
 
@@ -164,8 +178,10 @@ def test_import_hpnb_does_not_need_optional_packages():
     import subprocess
     import sys
 
-    code = ("import sys, hpnb, hpnb.crf, hpnb.metrics; "
-            "assert 'pydensecrf' not in sys.modules and 'onnxruntime' not in sys.modules; print('ok')")
+    code = (
+        "import sys, hpnb, hpnb.crf, hpnb.metrics; "
+        "assert 'pydensecrf' not in sys.modules and 'onnxruntime' not in sys.modules; print('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
 

@@ -1,10 +1,11 @@
 """Feature cache: shapes, reuse, refresh, atomic files, clear errors, the same bits on every CPU."""
+
 from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TinySet
+
 from hpnb import HpnbError
 from hpnb.features import extract_features, load_features
 
@@ -92,10 +93,14 @@ def _features_in_subprocess(tmp_path, name, precision, env):
 def test_float64_caches_are_bit_identical_across_cpu_instruction_sets_and_threads(tmp_path):
     """What another CPU model does to the kernels, emulated: AVX2-only vectorised ATen and MKL kernels, 1 thread."""
     other_cpu = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OMP_NUM_THREADS": "1"}
-    native, emulated = (_features_in_subprocess(tmp_path, f"f64_{k}", "float64", env)
-                        for k, env in (("native", {}), ("other", other_cpu)))
+    native, emulated = (
+        _features_in_subprocess(tmp_path, f"f64_{k}", "float64", env)
+        for k, env in (("native", {}), ("other", other_cpu))
+    )
     assert torch.equal(native["feats"], emulated["feats"]) and torch.equal(native["attn"], emulated["attn"])
     if torch.backends.cpu.get_cpu_capability() == "AVX512":  # the emulation really changes the kernels here:
-        f32 = [_features_in_subprocess(tmp_path, f"f32_{k}", "float32", env)["feats"]  # fp32 differs
-               for k, env in (("native", {}), ("other", other_cpu))]
+        f32 = [
+            _features_in_subprocess(tmp_path, f"f32_{k}", "float32", env)["feats"]  # fp32 differs
+            for k, env in (("native", {}), ("other", other_cpu))
+        ]
         assert not torch.equal(*f32), "float32 was bit-identical too: the emulated CPU did not change the kernels"

@@ -1,4 +1,5 @@
 """Heads: S (code: linear + MLP summed; paper: plain MLP), S' (EMA), Z (linear + L2 norm)."""
+
 import pytest
 import torch
 
@@ -25,6 +26,7 @@ def test_each_branch_draws_its_own_channel_dropout():
     def record(name):
         def hook(module, inputs, output):
             seen[name] = (output == 0).all(-1).all(-1)  # channels zeroed entirely
+
         return hook
 
     head.drop_linear.register_forward_hook(record("lin"))
@@ -43,14 +45,14 @@ def test_projection_is_unit_length_for_maps_and_rows():
 def test_ema_update_formula_and_initial_copy():
     s = SegmentationHead(4, 3)
     ema = momentum_copy(s)
-    assert all(torch.equal(a, b) for a, b in zip(ema.parameters(), s.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(ema.parameters(), s.parameters(), strict=True))
     assert not any(p.requires_grad for p in ema.parameters())
     before = [p.clone() for p in ema.parameters()]
     with torch.no_grad():
         for p in s.parameters():
             p.add_(1.0)
     ema_update(ema, s, m=0.99)
-    for old, new, cur in zip(before, ema.parameters(), s.parameters()):
+    for old, new, cur in zip(before, ema.parameters(), s.parameters(), strict=True):
         assert torch.allclose(new, 0.99 * old + 0.01 * cur, atol=1e-6)
 
 

@@ -1,4 +1,5 @@
 """The HP loss: hand-computed tiny cases (Eq. 5, code-form combination), invariances, gradcheck, forms."""
+
 import math
 
 import pytest
@@ -52,7 +53,7 @@ def test_paper_form_eq5_by_hand():
     z = inp.z[0]
     phi_ag = [-_logp(z, 0, 1, [1, 2], tau), -_logp(z, 1, 0, [0], tau)]  # Eq. 5, denominators N ∪ P
     phi_sp = [0.0, -_logp(z, 1, 2, [2, 0], tau)]  # anchor 0 has no P_sp; anchor 1: P_sp = {2}, N_sp = {0}
-    expected = sum(a + lam * b for a, b in zip(phi_ag, phi_sp)) / 2  # mean over the 2 kept anchors
+    expected = sum(a + lam * b for a, b in zip(phi_ag, phi_sp, strict=True)) / 2  # mean over the 2 kept anchors
     assert float(out.total) == pytest.approx(expected, rel=1e-5)
 
 
@@ -68,10 +69,18 @@ def _random_inputs(b=3, h=3, w=4, c=6, k=5, seed=0, requires_grad=True, dtype=to
     z_aug = F.normalize(rnd(b, n, k), dim=-1)
 
     def make(z_raw=z_raw, mix_raw=mix_raw):
-        return LossInputs(z=F.normalize(z_raw, dim=-1), f=f, c_ag=criteria(f.reshape(-1, c), q_ag).reshape(b, n),
-                          s_ema=s, c_sp=criteria(s.reshape(-1, k), q_sp).reshape(b, n),
-                          z_mix=F.normalize(mix_raw, dim=-1), z_aug=z_aug,
-                          lhp=attention_to_lhp(attn, (h, w)), grid=(h, w))
+        return LossInputs(
+            z=F.normalize(z_raw, dim=-1),
+            f=f,
+            c_ag=criteria(f.reshape(-1, c), q_ag).reshape(b, n),
+            s_ema=s,
+            c_sp=criteria(s.reshape(-1, k), q_sp).reshape(b, n),
+            z_mix=F.normalize(mix_raw, dim=-1),
+            z_aug=z_aug,
+            lhp=attention_to_lhp(attn, (h, w)),
+            grid=(h, w),
+        )
+
     return make, (z_raw, mix_raw)
 
 
@@ -87,7 +96,7 @@ def test_chunked_equals_unchunked_values_and_gradients(form, propagation):
         results.append((float(out.total.detach()), [g if g is not None else torch.zeros(1) for g in grads]))
     for value, grads in results[1:]:
         assert value == pytest.approx(results[0][0], rel=1e-6)
-        for a, b in zip(grads, results[0][1]):
+        for a, b in zip(grads, results[0][1], strict=True):
             assert torch.allclose(a, b, atol=1e-6)
 
 
@@ -110,7 +119,9 @@ def test_lambda_zero_equals_the_task_agnostic_only_loss(form):
     with_sp = hp_loss(inp, LossConfig(form=form), lam=0.0, generator=g())
     without = hp_loss(inp, LossConfig(form=form, use_sp=False), lam=0.9, generator=g())
     assert float(with_sp.total) == pytest.approx(float(without.total), rel=1e-6)
-    assert float(hp_loss(inp, LossConfig(form=form), lam=0.9, generator=g()).total) != pytest.approx(float(with_sp.total))
+    assert float(hp_loss(inp, LossConfig(form=form), lam=0.9, generator=g()).total) != pytest.approx(
+        float(with_sp.total)
+    )
 
 
 @pytest.mark.parametrize("form", ["code", "paper"])
@@ -131,8 +142,10 @@ def test_regulariser_is_the_plain_euclidean_distance():
     assert float(consistency(z, torch.tensor([[[0.0, 1.0]]]))) == pytest.approx(math.sqrt(2), rel=1e-5)
     make, _ = _random_inputs()
     inp = make()
-    on, off = hp_loss(inp, LossConfig(alpha=0.05), generator=torch.Generator().manual_seed(0)), \
-        hp_loss(inp, LossConfig(use_reg=False), generator=torch.Generator().manual_seed(0))
+    on, off = (
+        hp_loss(inp, LossConfig(alpha=0.05), generator=torch.Generator().manual_seed(0)),
+        hp_loss(inp, LossConfig(use_reg=False), generator=torch.Generator().manual_seed(0)),
+    )
     assert float(on.total - off.total) == pytest.approx(0.05 * float(consistency(inp.z, inp.z_aug).mean()), rel=1e-5)
 
 
@@ -142,6 +155,7 @@ def test_lambda_schedule_warms_up_then_ramps_linearly():
 
 
 # ---- the forms differ exactly where spec §2.11 says ---------------------------------------------------------
+
 
 def _twins():
     """B=2, N=2: four patches in two twin pairs across the images -> every anchor has exactly one positive."""
@@ -177,8 +191,9 @@ def test_code_psi_is_mixed_vs_mixed_and_paper_psi_is_mixed_vs_plain():
     neg = torch.rand(12, 36, generator=torch.Generator().manual_seed(0)) < 0.5
     code = hp_loss(inp, LossConfig(form="code"), lam=0.3, neg_mask=neg)
     mixed_only = LossInputs(**{**inp.__dict__, "z": inp.z_mix})
-    assert float(code.psi) == pytest.approx(float(hp_loss(mixed_only, LossConfig(form="code", use_lhp=False), lam=0.3,
-                                                          neg_mask=neg).phi), rel=1e-6)
+    assert float(code.psi) == pytest.approx(
+        float(hp_loss(mixed_only, LossConfig(form="code", use_lhp=False), lam=0.3, neg_mask=neg).phi), rel=1e-6
+    )
     negs = tuple(torch.rand(36, 36, generator=torch.Generator().manual_seed(s)) < 0.5 for s in (1, 2))
     paper = hp_loss(inp, LossConfig(form="paper"), lam=0.3, paper_negs=negs)
     paper_mixed_only = hp_loss(mixed_only, LossConfig(form="paper", use_lhp=False), lam=0.3, paper_negs=negs)
@@ -192,15 +207,22 @@ def test_code_denominator_is_shared_and_leaves_task_specific_positives_out():
     empty = torch.zeros(3, 3, dtype=torch.bool)
     full = torch.ones(3, 3, dtype=torch.bool)
     assert float(hp_loss(inp, cfg, lam=0.5, neg_mask=empty).total) != pytest.approx(
-        float(hp_loss(inp, cfg, lam=0.5, neg_mask=full).total), rel=1e-3)
+        float(hp_loss(inp, cfg, lam=0.5, neg_mask=full).total), rel=1e-3
+    )
 
 
 def test_self_contrastive_objective_eq1():
     z = _angles(0, 90)[None]
     z_aug = _angles(10, 80)[None]
-    out = hp_loss(LossInputs(z=z, z_aug=z_aug), LossConfig(objective="self", tau=0.5, use_lhp=False),
-                  neg_mask=torch.ones(2, 2, dtype=torch.bool))
-    expected = -(_logp(torch.cat([z[0], z_aug[0]]), 0, 2, [2, 3], 0.5) + _logp(torch.cat([z[0], z_aug[0]]), 1, 3, [2, 3], 0.5)) / 2
+    out = hp_loss(
+        LossInputs(z=z, z_aug=z_aug),
+        LossConfig(objective="self", tau=0.5, use_lhp=False),
+        neg_mask=torch.ones(2, 2, dtype=torch.bool),
+    )
+    expected = (
+        -(_logp(torch.cat([z[0], z_aug[0]]), 0, 2, [2, 3], 0.5) + _logp(torch.cat([z[0], z_aug[0]]), 1, 3, [2, 3], 0.5))
+        / 2
+    )
     assert float(out.total) == pytest.approx(expected, rel=1e-5)
 
 

@@ -1,10 +1,10 @@
 """Metrics against hand-computed cases (spec §4.2)."""
+
 import numpy as np
 import pytest
 import torch
 
-from hpnb.metrics import (IGNORE, SegmentationMetric, confusion_matrix, hungarian_match, matched_confusion, remap,
-                          scores)
+from hpnb.metrics import IGNORE, SegmentationMetric, confusion_matrix, matched_confusion, remap, scores
 
 
 def test_confusion_matrix_counts_and_ignores():
@@ -75,10 +75,7 @@ def test_without_hungarian_the_identity_is_used():
 def test_patch_labels_take_the_majority_with_ties_to_ignore_then_the_smaller_class():
     from hpnb.metrics import patch_labels
 
-    labels = torch.tensor([[[0, 0, 1, 1],
-                            [0, -1, 1, 2],
-                            [2, 2, -1, -1],
-                            [3, 3, 1, 3]]])
+    labels = torch.tensor([[[0, 0, 1, 1], [0, -1, 1, 2], [2, 2, -1, -1], [3, 3, 1, 3]]])
     # patches: {0,0,0,-1} -> 0 | {1,1,1,2} -> 1 | {2,2,3,3} tie -> 2 | {-1,-1,1,3} -> ignore
     assert patch_labels(labels, (2, 2)).tolist() == [[[0, 1], [2, -1]]]
     tie = torch.tensor([[[-1, 4], [4, -1]]])

@@ -2,6 +2,7 @@
 CPUs and thread counts (tests/test_features.py proves the caches are bit-identical), yet a real change still fails
 `pytest --nbval`. Here a temporary copy of notebook 02 gets three committed outputs changed the way a real regression
 would change them, and nbval must fail on exactly those three cells and pass every other one."""
+
 from __future__ import annotations
 
 import json
@@ -73,10 +74,33 @@ def perturbed_copy(tmp_path: Path) -> tuple[Path, dict[int, str]]:
 @pytest.mark.after_notebooks
 def test_nbval_fails_on_exactly_the_perturbed_outputs(tmp_path):
     path, changed = perturbed_copy(tmp_path)
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
-                          "--nbval-current-env", "--nbval-sanitize-with", str(ROOT / "notebooks" / "sanitize.cfg"),
-                          "--nbval-cell-timeout", "300", "-o", "addopts=", "--rootdir", str(tmp_path), str(path)],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--nbval",
+            "--nbval-current-env",
+            "--nbval-sanitize-with",
+            str(ROOT / "notebooks" / "sanitize.cfg"),
+            "--nbval-cell-timeout",
+            "300",
+            "-o",
+            "addopts=",
+            "--rootdir",
+            str(tmp_path),
+            str(path),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     failed = sorted(int(n) for n in re.findall(r"FAILED \S+::Cell (\d+)", out.stdout))
-    assert failed == sorted(changed), f"expected nbval to fail on {changed}, it failed on {failed}:\n{out.stdout[-3000:]}"
+    assert failed == sorted(changed), (
+        f"expected nbval to fail on {changed}, it failed on {failed}:\n{out.stdout[-3000:]}"
+    )
     assert re.search(r"\b3 failed, \d+ passed", out.stdout), out.stdout[-2000:]

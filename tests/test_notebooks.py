@@ -1,4 +1,5 @@
 """The notebook series: the README's list matches the files, every notebook is clean and small, widgets react."""
+
 import json
 import re
 import subprocess
@@ -25,8 +26,11 @@ def test_readme_lists_exactly_the_notebooks_in_order():
 def test_notebooks_are_clean_and_small():
     if not NOTEBOOKS:
         pytest.skip("no notebooks yet")
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "clean_notebooks.py"), "--check", *map(str, NOTEBOOKS)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "clean_notebooks.py"), "--check", *map(str, NOTEBOOKS)],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stdout
     for path in NOTEBOOKS:
         assert path.stat().st_size <= 2 * 1024 * 1024, f"{path.name} is over 2 MB"
@@ -44,11 +48,11 @@ def test_no_notebook_ignores_all_outputs_or_prints_progress_bars():
 
 
 def _toy_features():
+    import torch
+
     from hpnb.backbones import load_backbone
     from hpnb.features import extract_features
     from hpnb.toyworld import ToyWorld
-
-    import torch
 
     torch.manual_seed(0)
     return extract_features(load_backbone(weights="random"), ToyWorld("val", n=40, res=56), progress=False)
@@ -97,10 +101,27 @@ def test_cleaning_strips_live_only_outputs():
     sys.path.insert(0, str(ROOT / "tools"))
     from clean_notebooks import clean
 
-    nb = {"nbformat": 4, "nbformat_minor": 4, "metadata": {}, "cells": [
-        {"cell_type": "code", "metadata": {"tags": ["live-only", "nbval-ignore-output"]}, "execution_count": 3,
-         "source": "show_camvid()", "outputs": [{"output_type": "display_data", "data": {"image/png": "AAAA"}}]},
-        {"cell_type": "code", "metadata": {}, "execution_count": 4, "source": "1", "outputs": [{"output_type": "stream"}]}]}
+    nb = {
+        "nbformat": 4,
+        "nbformat_minor": 4,
+        "metadata": {},
+        "cells": [
+            {
+                "cell_type": "code",
+                "metadata": {"tags": ["live-only", "nbval-ignore-output"]},
+                "execution_count": 3,
+                "source": "show_camvid()",
+                "outputs": [{"output_type": "display_data", "data": {"image/png": "AAAA"}}],
+            },
+            {
+                "cell_type": "code",
+                "metadata": {},
+                "execution_count": 4,
+                "source": "1",
+                "outputs": [{"output_type": "stream"}],
+            },
+        ],
+    }
     cleaned = clean(nb)
     assert cleaned["cells"][0]["outputs"] == [] and cleaned["cells"][0]["execution_count"] is None
     assert cleaned["cells"][1]["outputs"] == [{"output_type": "stream"}]

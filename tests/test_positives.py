@@ -1,12 +1,22 @@
 """Hidden positives against hand-computed cases: Eq. 2, 3, 4 (GHP) and Eq. 7, 9 / spec §2.7 (LHP)."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from hpnb.positives import (attention_to_lhp, build_reference_pools, criteria, dense_lhp_matrix, mix_codes, positive_block, positive_sets,
-                            sample_patches_per_image, window_index)
+from hpnb.positives import (
+    attention_to_lhp,
+    build_reference_pools,
+    criteria,
+    dense_lhp_matrix,
+    mix_codes,
+    positive_block,
+    positive_sets,
+    sample_patches_per_image,
+    window_index,
+)
 
 
 def _unit(*angles_deg):
@@ -35,8 +45,12 @@ def test_eq4_task_specific_sets_use_the_same_rule_with_their_own_pool():
     s = _unit(0, 10, 100, 95)
     pool = _unit(50)  # c' = cos 50, cos 40, cos 50, cos 45 -> similar pairs (1,2) and (3,4) pass
     p = positive_sets(s, pool)
-    assert p.tolist() == [[False, True, False, False], [True, False, False, False],
-                          [False, False, False, True], [False, False, True, False]]
+    assert p.tolist() == [
+        [False, True, False, False],
+        [True, False, False, False],
+        [False, False, False, True],
+        [False, False, True, False],
+    ]
 
 
 def test_the_anchor_is_never_its_own_positive_in_any_block():
@@ -79,7 +93,7 @@ def test_code_form_lhp_by_hand():
     soft = [math.exp(v) / sum(math.exp(u) for u in clipped) for v in clipped]
     t = [28.0 * p for p in soft]
     keep = [v >= sum(t) / 9 for v in t]
-    expected = [v if k else 0.0 for v, k in zip(t, keep)]
+    expected = [v if k else 0.0 for v, k in zip(t, keep, strict=True)]
     assert weights[0, 4].tolist() == pytest.approx(expected, rel=1e-5)
     assert denom[0, 4] == 9 and denom[0, 0] == 4  # divide by the window size (9 / 6 / 4)
     s = torch.eye(9).T.reshape(1, 9, 3, 3)  # one-hot codes: channel j = patch j
@@ -93,7 +107,9 @@ def test_paper_form_lhp_by_hand():
     soft = [math.exp(v) / sum(math.exp(u) for u in row) for v in row]
     keep = [p > 1 / 9 for p in soft]  # Eq. 7: t_j > Avg(T̃_i)
     assert denom[0, 4] == sum(keep)  # Eq. 9 divides by |I_local|
-    assert weights[0, 4].tolist() == pytest.approx([28.0 * p if k else 0.0 for p, k in zip(soft, keep)], rel=1e-5)
+    assert weights[0, 4].tolist() == pytest.approx(
+        [28.0 * p if k else 0.0 for p, k in zip(soft, keep, strict=True)], rel=1e-5
+    )
 
 
 def test_code_form_keeps_a_row_that_is_constant_after_clipping():
@@ -146,8 +162,10 @@ def test_pool_images_are_distinct_drawn_without_replacement_and_avoid_the_anchor
     idx = pool_image_indices(40, 24, g, exclude=range(16))
     assert len(idx) == 24 and len(set(idx.tolist())) == 24 and min(idx.tolist()) >= 16
     # without exclusions it is the trainer's draw: the first M of one permutation
-    assert torch.equal(pool_image_indices(40, 24, torch.Generator().manual_seed(3)),
-                       torch.randperm(40, generator=torch.Generator().manual_seed(3))[:24])
+    assert torch.equal(
+        pool_image_indices(40, 24, torch.Generator().manual_seed(3)),
+        torch.randperm(40, generator=torch.Generator().manual_seed(3))[:24],
+    )
 
 
 def test_a_pool_larger_than_the_images_left_is_refused_with_the_numbers():

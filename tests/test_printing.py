@@ -1,4 +1,5 @@
 """Printed numbers: stable at the precision the science supports, yet a real change always shows."""
+
 import numpy as np
 
 from hpnb.printing import count, expect, num, pct

@@ -5,6 +5,7 @@ fails on any error. It also checks that the notebook's prompt text still shows t
 These run after the notebooks themselves (`make test` runs them last, so the feature caches are warm):
     pytest -m after_notebooks tests/test_prompts.py
 """
+
 from __future__ import annotations
 
 import json
@@ -29,58 +30,141 @@ class Prompt:
     needs_camvid: bool = False
 
 
-GET_CONFIG_TAIL = "log_every=1, crf=False, pool_size=64, renew_every=6,"  # the get_config call of notebooks 04-06
+GET_CONFIG_TAIL = "renew_every=6,"  # in the get_config call of notebooks 04-06
 PROMPTS = [
-    Prompt("00", 1, 'print(hpnb.config.get_config("toy", tau=0.4))', "## Glossary",
-           code='print(hpnb.config.get_config("toy", tau=0.4))', expect="tau=0.4"),
-    Prompt("00", 2, "RES = 392", "## Environment check", replace=("RES = 224", "RES = 392"),
-           expect="feats (1, 384, 28, 28)"),
-    Prompt("00", 3, "hpnb.toyworld.make_scene(7)", "## Environment check",
-           code="image, labels = hpnb.toyworld.make_scene(7)\nprint(len(np.unique(labels)), 'classes')", expect="classes"),
-    Prompt("01", 1, "PATCH = (10, 4)", "## 2.", replace=("PATCH = (7, 9)", "PATCH = (10, 4)"), expect="anchor class: car"),
+    Prompt(
+        "00",
+        1,
+        'print(hpnb.config.get_config("toy", tau=0.4))',
+        "## Glossary",
+        code='print(hpnb.config.get_config("toy", tau=0.4))',
+        expect="tau=0.4",
+    ),
+    Prompt(
+        "00",
+        2,
+        "RES = 392",
+        "## Environment check",
+        replace=("RES = 224", "RES = 392"),
+        expect="feats (1, 384, 28, 28)",
+    ),
+    Prompt(
+        "00",
+        3,
+        "hpnb.toyworld.make_scene(7)",
+        "## Environment check",
+        code="image, labels = hpnb.toyworld.make_scene(7)\nprint(len(np.unique(labels)), 'classes')",
+        expect="classes",
+    ),
+    Prompt(
+        "01", 1, "PATCH = (10, 4)", "## 2.", replace=("PATCH = (7, 9)", "PATCH = (10, 4)"), expect="anchor class: car"
+    ),
     Prompt("01", 2, "TAU = 0.1", "## 4.", replace=("TAU = 0.6", "TAU = 0.1"), expect="(τ = 0.1)"),
-    Prompt("01", 3, "n_clusters=16", "## 5.",
-           replace=("base = hpnb.baseline.kmeans_baseline(train_fs, val_fs, n_classes=len(CLASSES))",
-                    "base = hpnb.baseline.kmeans_baseline(train_fs, val_fs, n_classes=len(CLASSES), n_clusters=16)")),
+    Prompt(
+        "01",
+        3,
+        "n_clusters=16",
+        "## 5.",
+        replace=(
+            "base = hpnb.baseline.kmeans_baseline(train_fs, val_fs, n_classes=len(CLASSES))",
+            "base = hpnb.baseline.kmeans_baseline(train_fs, val_fs, n_classes=len(CLASSES), n_clusters=16)",
+        ),
+    ),
     Prompt("01", 4, "PATCH = (1, 8)", "## 3.", replace=("PATCH = (7, 9)", "PATCH = (1, 8)")),
-    Prompt("02", 1, "POOL_SIZE = 256", "## 3.", replace=("POOL_SIZE = 64", "POOL_SIZE = 256"), expect="Q_ag: (256, 384)"),
-    Prompt("02", 2, 'fig5(*fig5_data("toy"), seed=1)', "## 4.",
-           code='fig5(*fig5_data("toy"), seed=1)\nplt.show()\nfig5(*fig5_data("toy"), M=16)\nplt.show()'),
+    Prompt(
+        "02", 1, "POOL_SIZE = 256", "## 3.", replace=("POOL_SIZE = 64", "POOL_SIZE = 256"), expect="Q_ag: (256, 384)"
+    ),
+    Prompt(
+        "02",
+        2,
+        'fig5(*fig5_data("toy"), seed=1)',
+        "## 4.",
+        code='fig5(*fig5_data("toy"), seed=1)\nplt.show()\nfig5(*fig5_data("toy"), M=16)\nplt.show()',
+    ),
     Prompt("02", 3, "DIM = 16", "## 6.", replace=("DIM = 64", "DIM = 16"), expect="Q_sp: (64, 16)"),
-    Prompt("02", 4, 'DATASET = "camvid"', "## 5.", replace=('DATASET = "toy"', 'DATASET = "camvid"'),
-           expect="CamVid/val: 101 images", needs_camvid=True),
+    Prompt(
+        "02",
+        4,
+        'DATASET = "camvid"',
+        "## 5.",
+        replace=('DATASET = "toy"', 'DATASET = "camvid"'),
+        expect="CamVid/val: 101 images",
+        needs_camvid=True,
+    ),
     Prompt("03", 1, "ANCHOR = (9, 4)", "## 1.", replace=("IMAGE, ANCHOR = 0, (5, 9)", "IMAGE, ANCHOR = 0, (9, 4)")),
     Prompt("03", 2, "MIN_DROPPED = 5", "## 2.", replace=("MIN_DROPPED = 3", "MIN_DROPPED = 5")),
     Prompt("03", 3, 'LHP_FORM = "paper"', "## 3.", replace=('LHP_FORM = 8, "code"', 'LHP_FORM = 8, "paper"')),
     Prompt("03", 4, "B_DEMO = 4", "## 4.", replace=("B_DEMO = 2 ", "B_DEMO = 4 "), expect="1024 anchors"),
-    Prompt("04", 1, 'form="paper"', None, replace=(GET_CONFIG_TAIL, GET_CONFIG_TAIL + ' form="paper",'),
-           expect="nb04_toy-"),
-    Prompt("04", 2, "lam_warmup=30", "## 4.", replace=(GET_CONFIG_TAIL, GET_CONFIG_TAIL + " lam_warmup=30,"),
-           expect="'lam_warmup': 30"),
-    Prompt("04", 3, "ema_m=0.9", "## 5.", replace=(GET_CONFIG_TAIL, GET_CONFIG_TAIL + " ema_m=0.9,"),
-           expect="m = 0.9: distance to S shrinks by 0.90"),
+    Prompt(
+        "04", 1, 'form="paper"', None, replace=(GET_CONFIG_TAIL, GET_CONFIG_TAIL + ' form="paper",'), expect="nb04_toy-"
+    ),
+    Prompt(
+        "04",
+        2,
+        "lam_warmup=30",
+        "## 4.",
+        replace=(GET_CONFIG_TAIL, GET_CONFIG_TAIL + " lam_warmup=30,"),
+        expect="'lam_warmup': 30",
+    ),
+    Prompt(
+        "04",
+        3,
+        "ema_m=0.9",
+        "## 5.",
+        replace=(GET_CONFIG_TAIL, GET_CONFIG_TAIL + " ema_m=0.9,"),
+        expect="m = 0.9: distance to S shrinks by 0.90",
+    ),
     Prompt("04", 4, "LAM = 0.0", "## 2.", replace=("LAM = 0.5 ", "LAM = 0.0 ")),
     Prompt("04", 4, "LAM = 1.0", "## 2.", replace=("LAM = 0.5 ", "LAM = 1.0 ")),
-    Prompt("05", 1, 'load_run(run.out, which="last")', "## 4.",
-           code='last_cfg, last = hpnb.evaluate.load_run(run.out, which="last")\n'
-                'print(hpnb.evaluate.evaluate(hpnb.evaluate.model_predictor(last), val, C).table())', expect="cluster"),
+    Prompt(
+        "05",
+        1,
+        'load_run(run.out, which="last")',
+        "## 4.",
+        code='last_cfg, last = hpnb.evaluate.load_run(run.out, which="last")\n'
+        "print(hpnb.evaluate.evaluate(hpnb.evaluate.model_predictor(last), val, C).table())",
+        expect="cluster",
+    ),
     Prompt("05", 2, "probe_steps=10 * steps", "## 8.", replace=("probe_steps=steps,", "probe_steps=10 * steps,")),
-    Prompt("05", 3, "epochs=6", None, replace=("n_train=96, n_val=32, epochs=3,", "n_train=96, n_val=32, epochs=6,"),
-           expect="72 steps"),
-    Prompt("06", 1, "fig6 = ", "## 2.",
-           code='fig6 = {t: hpnb.train.train_or_load(dataclasses.replace(cfg, **ABLATION, tau=t), RUNS / f"nb06_tau{t}", '
-                'backbone=bb) for t in (0.2, 0.6, 1.0)}\n'
-                'miou = [json.loads((r.out / "metrics.json").read_text())["best"]["cluster"]["miou"] for r in fig6.values()]\n'
-                'plt.plot(list(fig6), miou, "o-"); plt.xlabel("τ"); plt.ylabel("val cluster mIoU (%)"); plt.show()',
-           expect="nb06_tau0.2"),
-    Prompt("06", 2, "seed=1", "## 1.",
-           code='hpnb.train.train_or_load(dataclasses.replace(cfg, **ABLATION, seed=1), RUNS / "nb06_full", backbone=bb)',
-           expect="nb06_full-"),
-    Prompt("06", 3, 'SWITCHES["(h) loss propagation"] = ("loss_prop", dict(propagation="loss"))', "## 1.",
-           replace=('"(g) self-contrastive (Eq. 1)": ("self", dict(objective="self"))}',
-                    '"(g) self-contrastive (Eq. 1)": ("self", dict(objective="self"))}\n'
-                    'SWITCHES["(h) loss propagation"] = ("loss_prop", dict(propagation="loss"))'),
-           expect="(h) loss propagation"),
+    Prompt(
+        "05",
+        3,
+        "epochs=6",
+        None,
+        replace=("epochs=3,", "epochs=6,"),
+        expect="72 steps",
+    ),
+    Prompt(
+        "06",
+        1,
+        "fig6 = ",
+        "## 2.",
+        code='fig6 = {t: hpnb.train.train_or_load(dataclasses.replace(cfg, **ABLATION, tau=t), RUNS / f"nb06_tau{t}", '
+        "backbone=bb) for t in (0.2, 0.6, 1.0)}\n"
+        'miou = [json.loads((r.out / "metrics.json").read_text())["best"]["cluster"]["miou"] for r in fig6.values()]\n'
+        'plt.plot(list(fig6), miou, "o-"); plt.xlabel("τ"); plt.ylabel("val cluster mIoU (%)"); plt.show()',
+        expect="nb06_tau0.2",
+    ),
+    Prompt(
+        "06",
+        2,
+        "seed=1",
+        "## 1.",
+        code='hpnb.train.train_or_load(dataclasses.replace(cfg, **ABLATION, seed=1), RUNS / "nb06_full", backbone=bb)',
+        expect="nb06_full-",
+    ),
+    Prompt(
+        "06",
+        3,
+        'SWITCHES["(h) loss propagation"] = ("loss_prop", dict(propagation="loss"))',
+        "## 1.",
+        replace=(
+            "}  # name: (run folder nb06_*, switch)",
+            "}  # name: (run folder nb06_*, switch)\n"
+            'SWITCHES["(h) loss propagation"] = ("loss_prop", dict(propagation="loss"))',
+        ),
+        expect="(h) loss propagation",
+    ),
 ]
 
 
@@ -107,9 +191,9 @@ def _heading(cell: dict, prefix: str) -> bool:
 def _cells_through(cells: list[dict], through: str | None) -> list[dict]:
     """The cells from the top to the end of the section whose heading starts with `through` (None: the whole body)."""
     if through is None:
-        return cells[:next(i for i, c in enumerate(cells) if _heading(c, "## Summary"))]
+        return cells[: next(i for i, c in enumerate(cells) if _heading(c, "## Summary"))]
     start = next(i for i, c in enumerate(cells) if _heading(c, through))
-    return cells[:next((i for i, c in enumerate(cells) if i > start and _heading(c, "## ")), len(cells))]
+    return cells[: next((i for i, c in enumerate(cells) if i > start and _heading(c, "## ")), len(cells))]
 
 
 def test_every_prompt_of_every_notebook_is_tested():

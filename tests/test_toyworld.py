@@ -1,4 +1,6 @@
-"""Tests of hpnb.toyworld: determinism, labels, the Dataset API, offline textures and non-triviality."""
+"""Tests of the toy world (hpnb.data.toyworld): determinism, labels, the Dataset API, offline textures, its figures
+(hpnb.viz) and how hard it is (the colour-statistics k-means of hpnb.baseline stays clearly below 90 %)."""
+
 from __future__ import annotations
 
 import socket
@@ -9,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from hpnb import toyworld as tw
+from hpnb import baseline, viz
+from hpnb.data import toyworld as tw
 from hpnb.metrics import IGNORE
 from hpnb.utils import HpnbError
 
@@ -98,7 +101,7 @@ def test_default_sizes_and_split_disjointness():
     train, val, test = (tw.ToyWorld(s, n=2, res=56).raw(0)[0] for s in ("train", "val", "test"))
     assert not np.array_equal(train, val) and not np.array_equal(val, test) and not np.array_equal(train, test)
     starts = sorted(offset for offset, _ in tw.SPLITS.values())
-    assert all(b - a >= tw.SPLIT_SIZE for a, b in zip(starts, starts[1:]))
+    assert all(b - a >= tw.SPLIT_SIZE for a, b in zip(starts, starts[1:], strict=False))
 
 
 def test_transform_replaces_normalisation():
@@ -122,11 +125,11 @@ def test_clear_errors():
     with pytest.raises(HpnbError, match="non-negative"):
         tw.make_scene(-1)
     with pytest.raises(HpnbError, match="labels in"):
-        tw.colorize(np.array([[0, 99]]))
+        viz.colorize_toyworld(np.array([[0, 99]]))
 
 
 def test_colorize_uses_palette_and_black_for_ignore():
-    rgb = tw.colorize(np.array([[0, tw.N_CLASSES - 1, IGNORE]]))
+    rgb = viz.colorize_toyworld(np.array([[0, tw.N_CLASSES - 1, IGNORE]]))
     assert rgb.dtype == np.uint8 and rgb.shape == (1, 3, 3)
     assert tuple(rgb[0, 0]) == tw.PALETTE[0] and tuple(rgb[0, 1]) == tw.PALETTE[-1] and tuple(rgb[0, 2]) == (0, 0, 0)
 
@@ -137,7 +140,7 @@ def test_preview_returns_a_figure():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = tw.preview(n=2, res=56)
+    fig = viz.preview_toyworld(n=2, res=56)
     assert len(fig.axes) == 4 and fig.legends
     plt.close(fig)
 
@@ -163,7 +166,7 @@ def test_colour_kmeans_proxy_is_above_chance_but_far_from_solved():
     labels = [tw.ToyWorld("val", n=n).raw(i)[1] for i in range(n)]
     counts = np.bincount(np.concatenate([lab.ravel() for lab in labels]), minlength=tw.N_CLASSES)
     majority = 100 * counts.max() / counts.sum()
-    result = tw.kmeans_proxy(n_scenes=n, split="val")
+    result = baseline.toyworld_colour_kmeans(n_scenes=n, split="val")
     print(f"\nkmeans proxy on {n} val scenes: {result}; majority class {majority:.2f} %")
     assert result.acc > max(2 * 100 / tw.N_CLASSES, majority + 3)
     assert result.acc < 90

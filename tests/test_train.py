@@ -1,11 +1,11 @@
 """Config, trainer, checkpoints (exact resume after SIGKILL), evaluation and bad input — tiny CPU runs."""
+
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +14,24 @@ import torch
 from hpnb import HpnbError
 from hpnb.config import HPConfig, get_config, parse_overrides
 
-TINY = dict(n_train=12, n_val=4, res=56, val_res=56, dim=8, pool_size=6, batch_size=4, epochs=2, aug_views=1,
-            val_every=3, checkpoint_every=2, log_every=1, lam_warmup=1, renew_every=2, rho=0.3, crf=False)
+TINY = dict(
+    n_train=12,
+    n_val=4,
+    res=56,
+    val_res=56,
+    dim=8,
+    pool_size=6,
+    batch_size=4,
+    epochs=2,
+    aug_views=1,
+    val_every=3,
+    checkpoint_every=2,
+    log_every=1,
+    lam_warmup=1,
+    renew_every=2,
+    rho=0.3,
+    crf=False,
+)
 
 
 def tiny_config(**kw) -> HPConfig:
@@ -44,12 +60,28 @@ def tiny_run(tmp_path_factory):
 
 # ---- config -------------------------------------------------------------------------------------------------
 
+
 def test_presets_hold_the_official_values():
     coco, city, pots = get_config("cocostuff27"), get_config("cityscapes27"), get_config("potsdam3")
-    assert (coco.dim, coco.pool_size, coco.tau, coco.rho, coco.ema_m, coco.lam_warmup, coco.renew_every, coco.epochs) \
-        == (512, 2048, 0.8, 0.02, 0.99, 1000, 100, 3)
+    assert (
+        coco.dim,
+        coco.pool_size,
+        coco.tau,
+        coco.rho,
+        coco.ema_m,
+        coco.lam_warmup,
+        coco.renew_every,
+        coco.epochs,
+    ) == (512, 2048, 0.8, 0.02, 0.99, 1000, 100, 3)
     assert (city.tau, city.ema_m, city.renew_every, city.epochs) == (0.6, 0.999, 20, 30)
-    assert (pots.dim, pots.pool_size, pots.tau, pots.rho, pots.alpha, pots.backbone) == (256, 1024, 0.4, 1.0, 0.0, "dino_vitb8")
+    assert (pots.dim, pots.pool_size, pots.tau, pots.rho, pots.alpha, pots.backbone) == (
+        256,
+        1024,
+        0.4,
+        1.0,
+        0.0,
+        "dino_vitb8",
+    )
     assert coco.backbone_mode == "online" and get_config("camvid").backbone_mode == "cache"
     assert get_config("cocostuff27-cpu").batch_size < coco.batch_size
 
@@ -72,6 +104,7 @@ def test_unknown_preset_and_key_list_the_valid_ones():
 
 
 # ---- training -----------------------------------------------------------------------------------------------
+
 
 def test_a_run_writes_its_folder(tiny_run):
     result, _ = tiny_run
@@ -111,8 +144,13 @@ def test_resume_after_sigkill_gives_the_same_final_weights(tmp_path):
     env = {**os.environ, "HPNB_CACHE": str(tmp_path / "cache")}
 
     def run(out, mode):
-        return subprocess.run([sys.executable, str(tmp_path / "run.py"), str(out), mode], env=env,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, str(tmp_path / "run.py"), str(out), mode],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     assert run(tmp_path / "full", "plain").returncode == 0
     killed = run(tmp_path / "cut", "kill")
@@ -174,6 +212,7 @@ def test_too_small_a_dataset_is_a_clear_error(tmp_path, tiny_run):
 
 # ---- checkpoints and runs -----------------------------------------------------------------------------------
 
+
 def test_checkpoint_of_another_backbone_or_k_is_refused(tiny_run):
     from hpnb.train import load_checkpoint
 
@@ -193,6 +232,7 @@ def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
 
 # ---- evaluation ---------------------------------------------------------------------------------------------
 
+
 def test_kmeans_predictor_through_evaluate_matches_the_baseline_module(tiny_run):
     from hpnb.baseline import kmeans_baseline
     from hpnb.evaluate import evaluate, kmeans_predictor
@@ -211,7 +251,8 @@ def test_kmeans_predictor_through_evaluate_matches_the_baseline_module(tiny_run)
 
 def test_evaluate_run_and_predict(tiny_run, monkeypatch):
     from hpnb.crf import crf_available
-    from hpnb.evaluate import evaluate_run, predict
+    from hpnb.evaluate import predict
+    from hpnb.report import evaluate_run
 
     result, _ = tiny_run
     monkeypatch.setattr("hpnb.backbones.load_backbone", lambda *a, **k: tiny_run[1])
@@ -227,8 +268,9 @@ def test_evaluate_run_and_predict(tiny_run, monkeypatch):
     assert labels.shape == (45, 70) and labels.min() >= 0 and labels.max() < 8
 
 
-def test_train_or_load_trains_once_loads_after_and_never_overwrites_another_config(tmp_path, monkeypatch, tiny_run,
-                                                                                 capsys):
+def test_train_or_load_trains_once_loads_after_and_never_overwrites_another_config(
+    tmp_path, monkeypatch, tiny_run, capsys
+):
     import hpnb.train as T
 
     _, backbone = tiny_run

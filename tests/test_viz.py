@@ -1,13 +1,13 @@
 """Figures and tables: the confusion heatmap shows the column-normalised matrix, the IoU table is exact Markdown,
 and the label grid keeps its legend clear of the images."""
+
 import math
 
 import numpy as np
 import pytest
 
 from hpnb import HpnbError
-from hpnb.viz import (column_normalize, confusion_figure, iou_table, label_grid, palette,
-                      use_headless_backend)
+from hpnb.viz import column_normalize, confusion_figure, iou_table, label_grid, palette, use_headless_backend
 
 use_headless_backend()
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
@@ -19,9 +19,13 @@ def close_figures():
     plt.close("all")
 
 
-CONF = np.array([[8, 1, 0],   # rows = predicted, cols = ground truth (hpnb.metrics)
-                 [2, 3, 0],
-                 [0, 4, 0]])  # no pixel of class "c": an empty column
+CONF = np.array(
+    [
+        [8, 1, 0],  # rows = predicted, cols = ground truth (hpnb.metrics)
+        [2, 3, 0],
+        [0, 4, 0],
+    ]
+)  # no pixel of class "c": an empty column
 CLASSES = ["a", "b", "c"]
 
 
@@ -57,11 +61,13 @@ def test_confusion_figure_rejects_a_wrong_shape():
 
 def test_iou_table_exact_markdown():
     table = iou_table({"k-means": [12.345, math.nan], "HP cluster": [50.0, 20.06]}, ["sky", "road"])
-    assert table == ("| class | k-means | HP cluster |\n"
-                     "|---|---:|---:|\n"
-                     "| sky | 12.3 | 50.0 |\n"
-                     "| road | – | 20.1 |\n"
-                     "| mean | 12.3 | 35.0 |\n")
+    assert table == (
+        "| class | k-means | HP cluster |\n"
+        "|---|---:|---:|\n"
+        "| sky | 12.3 | 50.0 |\n"
+        "| road | – | 20.1 |\n"
+        "| mean | 12.3 | 35.0 |\n"
+    )
 
 
 def test_iou_table_all_nan_column_and_length_check():

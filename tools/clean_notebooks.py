@@ -6,6 +6,7 @@ CC BY-NC) and show it only when a user runs the notebook with the data present; 
     python tools/clean_notebooks.py notebooks/*.ipynb          # clean in place
     python tools/clean_notebooks.py --check notebooks/*.ipynb  # exit 1 if any file would change (used by tests)
 """
+
 from __future__ import annotations
 
 import argparse

@@ -6,6 +6,7 @@ Runs each notebook in a fresh kernel of the current environment with its folder 
 `pytest --nbval` does, and stops at the first error. Progress bars are off inside the notebooks (progress=False),
 so no stderr noise lands in the committed outputs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,9 @@ def run(path: Path, timeout: int = 1200) -> float:
     """Execute one notebook in place and clean it; returns the wall time in seconds."""
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
     seconds = time.perf_counter() - start
     path.write_text(dumps(clean(json.loads(nbformat.writes(nb)))))
     return seconds
