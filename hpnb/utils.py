@@ -36,6 +36,16 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
+def atomic_save(obj, path: Path) -> Path:
+    """torch.save through a .part file of this process, then a rename: an interrupted run never leaves half a file,
+    and two processes that write the same file at once (two runs sharing a cache) cannot interleave."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+    return path
+
+
 def cache_dir(*parts: str) -> Path:
     """Where weights and feature caches go: $HPNB_CACHE, else `<repo>/data/cache` (git-ignored)."""
     root = Path(os.environ.get("HPNB_CACHE", repo_root() / "data" / "cache"))
