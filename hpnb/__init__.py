@@ -37,6 +37,7 @@ _SUBMODULES = {
     "download",
     "widgets",
     "printing",
+    "probes",
 }
 
 

@@ -111,8 +111,13 @@ def cmd_evaluate(args) -> int:
         baseline=not args.no_baseline,
         workers=args.workers,
     )
-    for name, heads in summary["results"].items():
-        print(name, " | ".join(f"{h}: Acc {v['acc']:.1f} mIoU {v['miou']:.1f}" for h, v in heads.items()))
+    for protocol in summary["protocols"].values():
+        for method, heads in protocol["results"].items():
+            scores = {h: v for h, v in heads.items() if isinstance(v, dict)}
+            print(
+                f"{protocol['description'].split(':')[0]:>20} | {method:12s} |",
+                " | ".join(f"{h}: Acc {v['acc']:.1f} mIoU {v['miou']:.1f}" for h, v in scores.items()),
+            )
     print(f"report: {Path(args.run) / ('report_' + summary['split'] + '.md')}")
     return 0
 

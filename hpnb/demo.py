@@ -38,18 +38,61 @@ def run_demo(out: str | Path = "runs/demo", progress: bool = True, **overrides) 
     return summary
 
 
+SEED_RUNS = "results/sweep/toy-preset"  # the same preset with 3 seeds: `python tools/sweep.py run toy-preset`
+
+
+def seed_spread(folder: str | Path = SEED_RUNS, split: str = "test") -> list[str]:
+    """Markdown rows: mean ± std over the seeds of the toy preset saved in results/ (empty when there are none)."""
+    from hpnb.report import spread_table
+    from hpnb.utils import repo_root
+
+    paths = sorted((repo_root() / folder).glob("*.json"))
+    if not paths:
+        return []
+    records = [json.loads(p.read_text()) for p in paths]
+    seeds = ", ".join(str(r["seed"]) for r in records)
+    return spread_table([r["eval"][split] for r in records], f"{len(records)} seeds ({seeds}), {folder}")
+
+
 def _report(cfg, summary: dict, out: Path) -> str:
-    """The demo's Markdown report: setting, results table (from evaluate_run), figures, wall times."""
-    evaluation = (out / "report_test.md").read_text().split("\n", 1)[1]  # drop its title
+    """The demo's Markdown report: the like-for-like table first (this run, then the 3-seed spread of the same
+    preset from results/), then the setting, per-class IoU, figures and wall times."""
+    from hpnb.report import SPREAD_HEADER, like_for_like
+
+    evaluation = (out / "report_test.md").read_text().split("## Per-class IoU", 1)[1]
     timing = "\n".join(f"| {k} | {v:.0f} |" for k, v in summary["seconds"].items())
     best = summary["best_val"]
+    spread = seed_spread()
+    spread_md = (
+        "\n".join(
+            [
+                "The same preset with 3 seeds (each seed also draws its own toy scenes), from `results/`; "
+                "HP − raw is computed per seed:",
+                "",
+                *SPREAD_HEADER,
+                *spread,
+            ]
+        )
+        if spread
+        else "No seed runs of this preset in `results/` yet (`python tools/sweep.py run toy-preset`)."
+    )
     return f"""# hpnb demo: Hidden Positives on the toy world
 
+## HP beside the raw backbone features, under the same protocol (test split, this run)
+
+{like_for_like(summary)}
+
+{spread_md}
+
+## The setting
+
 Backbone {cfg.backbone} (frozen, {cfg.res} px, features cached), K = {cfg.dim}, M = {cfg.pool_size}, τ = {cfg.tau},
-ρ = {cfg.rho}, α = {cfg.alpha}, {summary["steps"]} iterations of batch {cfg.batch_size} on {cfg.n_train} scenes
-(code form of the loss). The checkpoint was selected on the val split (step {best.get("step")}); the numbers below
-are on the separate test split ({cfg.n_val} scenes). The k-means baseline runs through the same evaluation code;
-its linear probe gets the same budget as HP's online probe.
+ρ = {cfg.rho}, α = {cfg.alpha}, m = {cfg.ema_m}, λ warm-up {cfg.lam_warmup}, Q_sp renewed every {cfg.renew_every}
+iterations; {summary["steps"]} iterations of batch {cfg.batch_size} on {cfg.n_train} scenes (code form of the loss),
+seed {cfg.seed}. The checkpoint was selected on the val split (step {best.get("step")}); the numbers are on the separate
+test split ({cfg.n_val} scenes). The small preset keeps the official operating point (docs/deviations.md).
+
+## Per-class IoU (%)
 {evaluation}
 ![loss parts and λ](loss.png)
 

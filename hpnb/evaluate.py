@@ -94,6 +94,7 @@ class EvalResult:
     confusion: dict  # name -> (C, C) matched confusion (rows predicted class, cols GT)
     samples: dict = field(default_factory=dict)  # name -> (n, H, W) predictions of the first images (matched)
     mappings: dict = field(default_factory=dict)  # name -> cluster -> class map (identity for linear heads)
+    empty_clusters: int = 0  # cluster ids that no labelled pixel of the split was assigned to (dead centroids)
 
     def table(self) -> dict:
         """{name: {"acc": ..., "miou": ...}} rounded to 2 decimals."""
@@ -170,7 +171,8 @@ def evaluate(
         confusion[name] = matched_confusion(metric.conf.numpy(), mapping)
         if raw[name]:
             samples[name] = remap(torch.stack(raw[name]), mapping) if metric.hungarian else torch.stack(raw[name])
-    return EvalResult(scores=scores, confusion=confusion, samples=samples, mappings=mappings)
+    empty = int((metrics["cluster"].conf.sum(1) == 0).sum())
+    return EvalResult(scores=scores, confusion=confusion, samples=samples, mappings=mappings, empty_clusters=empty)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -178,13 +180,75 @@ def evaluate(
 # ----------------------------------------------------------------------------------------------------------
 
 
+PROTOCOLS = {
+    "online": "(i) paper protocol: the online linear and cluster probes, trained for the same steps with the same "
+    "settings, on HP's codes (during training) and on the raw backbone features (alone, afterwards)",
+    "converged": "(ii) converged: k-means (k = classes) and a linear probe fitted to convergence, on frozen HP codes "
+    "and on the raw backbone features",
+}
+METHODS = ("HP", "raw features")
+
+
+def _memo(key: str, make):
+    """(linear probe state, centroids) of a baseline fitted on raw features, cached on disk: the raw rows are the
+    same for every run of a sweep that shares the data, the seed and the probe budget."""
+    from hpnb.utils import atomic_save, cache_dir
+
+    path = cache_dir("baselines") / f"{key}.pt"
+    if path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        centroids = state.pop("centroids")
+        probe = nn.Conv2d(state["weight"].shape[1], state["weight"].shape[0], 1)
+        probe.load_state_dict(state)
+        return probe.eval(), centroids
+    probe, centroids = make()
+    atomic_save({**probe.state_dict(), "centroids": centroids}, path)
+    return probe, centroids
+
+
+def protocol_predictors(model, train: FeatureSet, n_classes: int, cfg, steps: int) -> dict:
+    """{protocol: {method: Predictor}} for the two protocols, HP's codes against the raw backbone features.
+
+    (i) online: HP's own online probes (from its checkpoint, trained `steps` steps) against the same probes trained
+    alone for `steps` steps on the raw features; (ii) converged: k-means and a converged linear probe on frozen HP
+    codes against the same on the raw features (`hpnb.probes`)."""
+    from hpnb.probes import fit_kmeans, fit_linear_converged, fit_online_probes
+
+    model.eval()
+    hp_codes = lambda f: model.heads.seg(f.float())  # noqa: E731  (eval mode: no dropout)
+    raw = lambda f: f.float()  # noqa: E731
+    tag = f"{train.path.stem}_seed{cfg.seed}" if train.path is not None else None
+    online_key = f"{tag}_online_{steps}x{cfg.batch_size}_lr{cfg.linear_lr}_{cfg.cluster_lr}"
+
+    def raw_online():
+        return fit_online_probes(train, n_classes, steps, cfg.batch_size, cfg.linear_lr, cfg.cluster_lr, cfg.seed)
+
+    def raw_converged():
+        return fit_linear_converged(train, n_classes), fit_kmeans(train, n_classes, seed=cfg.seed)
+
+    online = _memo(online_key, raw_online) if tag else raw_online()
+    converged = _memo(f"{tag}_converged", raw_converged) if tag else raw_converged()
+    return {
+        "online": {"HP": model_predictor(model), "raw features": Predictor(raw, *online, name="raw features")},
+        "converged": {
+            "HP": Predictor(
+                hp_codes,
+                fit_linear_converged(train, n_classes, hp_codes),
+                fit_kmeans(train, n_classes, hp_codes, seed=cfg.seed),
+                name="HP",
+            ),
+            "raw features": Predictor(raw, *converged, name="raw features"),
+        },
+    }
+
+
 @dataclass
 class RunEvaluation:
-    """A run evaluated on one split: the summary written to eval_<split>.json, the results per method, the split's
-    cached features (images and labels, for figures) and the run's config."""
+    """A run evaluated on one split: the summary written to eval_<split>.json, the results per protocol and method,
+    the split's cached features (images and labels, for figures) and the run's config."""
 
     summary: dict
-    results: dict  # {"HP": EvalResult, "k-means": EvalResult}
+    results: dict  # {protocol: {method: EvalResult}}
     features: FeatureSet
     cfg: object
 
@@ -198,16 +262,18 @@ def evaluate_on_split(
     progress: bool = True,
     workers: int | None = None,
 ) -> RunEvaluation:
-    """Evaluate a run's selected checkpoint on a split (default: the preset's test split) beside the k-means baseline
-    through the same code path; write eval_<split>.json and cluster_mapping.json into the run folder.
+    """Evaluate a run's selected checkpoint on a split (default: the preset's test split) under both protocols,
+    HP's codes beside the raw backbone features (`PROTOCOLS`); write eval_<split>.json and cluster_mapping.json.
 
-    The baseline's linear probe gets the budget of the HP probe it is compared with: the steps of the selected
-    checkpoint (`hpnb.runs.selected_step`). Figures and the Markdown report: `hpnb.report.evaluate_run`."""
+    The raw features' online probes train for the steps of the HP checkpoint they are compared with
+    (`hpnb.runs.selected_step`). `baseline=False` scores HP's online probes only. The CRF (optional) refines the
+    protocol (i) rows, as in the paper. Figures and the Markdown report: `hpnb.report.evaluate_run`."""
     import json
     from pathlib import Path
 
     from hpnb.backbones import load_backbone
     from hpnb.crf import resolve_crf
+    from hpnb.features import extract_features
     from hpnb.runs import dataset_for, selected_step
 
     crf = resolve_crf(crf)  # without pydensecrf: one line, then no "+crf" heads
@@ -219,12 +285,9 @@ def evaluate_on_split(
         backbone, dataset_for(cfg, split, cfg.val_res, cfg.n_val), progress, precision=cfg.feature_precision
     )
     n_classes, classes = model.n_classes, list(model.classes)
-    results = {"HP": evaluate(model_predictor(model), fs, n_classes, crf=crf, workers=workers, progress=progress)}
+    steps = selected_step(run, which)
     if baseline:
-        from hpnb.features import extract_features
-
-        # the trainer's cached train features (they carry attention) serve when the resolutions agree
-        reuse = cfg.backbone_mode == "cache" and cfg.val_res == cfg.res
+        reuse = cfg.backbone_mode == "cache" and cfg.val_res == cfg.res  # the trainer's cache carries attention
         train_fs = extract_features(
             backbone,
             dataset_for(cfg, cfg.train_split, cfg.val_res, cfg.n_train),
@@ -232,34 +295,40 @@ def evaluate_on_split(
             progress=progress,
             precision=cfg.feature_precision,
         )
-        steps = selected_step(run, which)  # the training steps of the HP probe it is compared with
-        results["k-means"] = evaluate(
-            kmeans_predictor(
-                train_fs,
-                n_classes,
-                seed=cfg.seed,
-                probe_steps=steps,
-                probe_batch=cfg.batch_size,
-                probe_lr=cfg.linear_lr,
-            ),
-            fs,
-            n_classes,
-            crf=crf,
-            workers=workers,
-            progress=progress,
-        )
+        predictors = protocol_predictors(model, train_fs, n_classes, cfg, steps)
+    else:
+        predictors = {"online": {"HP": model_predictor(model)}}
+    results = {
+        protocol: {  # the CRF refines the online probes' predictions, as in the paper's tables
+            m: evaluate(p, fs, n_classes, crf=crf and protocol == "online", workers=workers, progress=progress)
+            for m, p in preds.items()
+        }
+        for protocol, preds in predictors.items()
+    }
     summary = {
+        "format": 2,
         "run": str(run),
         "split": split,
         "checkpoint": which,
+        "checkpoint_step": steps,
         "classes": classes,
         "selection": "best on val by cluster Acc + cluster mIoU + linear Acc + linear mIoU (official rule)"
         if which == "best"
         else "last iteration",
-        "results": {name: {head: s.as_dict() for head, s in r.scores.items()} for name, r in results.items()},
+        "protocols": {
+            protocol: {
+                "description": PROTOCOLS[protocol],
+                "probe_steps": steps if protocol == "online" else "converged",
+                "results": {
+                    m: {**{h: s.as_dict() for h, s in r.scores.items()}, "empty_clusters": r.empty_clusters}
+                    for m, r in by_method.items()
+                },
+            }
+            for protocol, by_method in results.items()
+        },
     }
     (run / f"eval_{split}.json").write_text(json.dumps(summary, indent=2))
-    (run / "cluster_mapping.json").write_text(json.dumps(results["HP"].mappings["cluster"].tolist()))
+    (run / "cluster_mapping.json").write_text(json.dumps(results["online"]["HP"].mappings["cluster"].tolist()))
     return RunEvaluation(summary=summary, results=results, features=fs, cfg=cfg)
 
 

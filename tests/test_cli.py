@@ -30,13 +30,14 @@ def test_demo_trains_evaluates_and_reports_the_computed_numbers(tmp_path, tmp_ca
     )
     report = (tmp_path / "demo" / "report.md").read_text()
     heads = ("cluster", "cluster+crf", "linear", "linear+crf") if crf_available() else ("cluster", "linear")
-    for name in ("HP", "k-means"):
-        assert set(summary["results"][name]) == set(heads)  # without the optional CRF: no "+crf" heads
-        for head in heads:
-            s = summary["results"][name][head]
-            assert 0 <= s["acc"] <= 100
-        row = summary["results"][name]
-        assert f"| {name} | {row['cluster']['acc']:.2f} | {row['cluster']['miou']:.2f} |" in report
+    for protocol in ("online", "converged"):  # both protocols, HP beside the raw features, in the report's table
+        for method in ("HP", "raw features"):
+            row = summary["protocols"][protocol]["results"][method]
+            # the CRF refines protocol (i) only; without the optional CRF there are no "+crf" heads at all
+            expected = set(heads) if protocol == "online" else {"cluster", "linear"}
+            assert set(row) == {*expected, "empty_clusters"}
+            assert all(0 <= row[h]["acc"] <= 100 for h in expected) and 0 <= row["empty_clusters"] <= 8
+            assert f"| {method} | {row['cluster']['acc']:.1f} | {row['cluster']['miou']:.1f} |" in report
     assert (tmp_path / "demo" / "qualitative_test.png").is_file() and (tmp_path / "demo" / "loss.png").is_file()
 
 
@@ -71,8 +72,9 @@ def test_evaluate_and_predict_without_pydensecrf_run_to_the_end(
     run = train(cfg, out=tmp_path / "run", backbone=backbone, progress=False).out
     capsys.readouterr()
     summary = evaluate_run(run, split="test", crf=True, progress=False, workers=1)
-    for name in ("HP", "k-means"):
-        assert set(summary["results"][name]) == {"cluster", "linear"}
+    for protocol in summary["protocols"].values():
+        for row in protocol["results"].values():
+            assert set(row) == {"cluster", "linear", "empty_clusters"}
     report = (run / "report_test.md").read_text()
     assert "cluster Acc" in report and "+crf" not in report and (run / "qualitative_test.png").is_file()
     assert main(["evaluate", str(run), "--no-baseline", "--workers", "1"]) == 0

@@ -30,7 +30,7 @@ class Prompt:
     needs_camvid: bool = False
 
 
-GET_CONFIG_TAIL = "renew_every=6,"  # in the get_config call of notebooks 04-06
+GET_CONFIG_TAIL = '"toy-notebook",'  # in the get_config call of notebooks 04-06
 PROMPTS = [
     Prompt(
         "00",
@@ -125,13 +125,23 @@ PROMPTS = [
         "print(hpnb.evaluate.evaluate(hpnb.evaluate.model_predictor(last), val, C).table())",
         expect="cluster",
     ),
-    Prompt("05", 2, "probe_steps=10 * steps", "## 8.", replace=("probe_steps=steps,", "probe_steps=10 * steps,")),
+    Prompt(
+        "05",
+        2,
+        "fit_online_probes(train_fs, C, 10 * steps",
+        "## 8.",
+        code="more = hpnb.probes.fit_online_probes(train_fs, C, 10 * steps, cfg.batch_size, cfg.linear_lr, "
+        "cfg.cluster_lr, cfg.seed)\n"
+        "r = hpnb.evaluate.evaluate(hpnb.evaluate.Predictor(lambda f: f.float(), *more), val, C)\n"
+        "print(r.table(), r.empty_clusters)",
+        expect="cluster",
+    ),
     Prompt(
         "05",
         3,
         "epochs=6",
         None,
-        replace=("epochs=3,", "epochs=6,"),
+        replace=(GET_CONFIG_TAIL, GET_CONFIG_TAIL + " epochs=6,"),
         expect="72 steps",
     ),
     Prompt(

@@ -257,12 +257,13 @@ def test_evaluate_run_and_predict(tiny_run, monkeypatch):
     result, _ = tiny_run
     monkeypatch.setattr("hpnb.backbones.load_backbone", lambda *a, **k: tiny_run[1])
     summary = evaluate_run(result.out, split="val", crf=True, progress=False, workers=1)
-    hp = summary["results"]["HP"]
+    hp = summary["protocols"]["online"]["results"]["HP"]
     # the CRF is an optional extra: without pydensecrf evaluate_run goes on without the "+crf" heads
-    assert set(hp) == {"cluster", "linear"} | ({"cluster+crf", "linear+crf"} if crf_available() else set())
-    assert "k-means" in summary["results"]
+    heads = {"cluster", "linear"} | ({"cluster+crf", "linear+crf"} if crf_available() else set())
+    assert set(hp) == heads | {"empty_clusters"}
+    assert set(summary["protocols"]["converged"]["results"]) == {"HP", "raw features"}
     report = (result.out / "report_val.md").read_text()
-    assert f"{hp['cluster']['acc']:.2f}" in report and (result.out / "qualitative_val.png").is_file()
+    assert f"{hp['cluster']['acc']:.1f}" in report and (result.out / "qualitative_val.png").is_file()
     image = (np.random.default_rng(0).random((45, 70, 3)) * 255).astype(np.uint8)  # any size
     labels = predict(image, result.out, crf=True)
     assert labels.shape == (45, 70) and labels.min() >= 0 and labels.max() < 8
@@ -306,3 +307,29 @@ def test_train_or_load_resumes_an_interrupted_run(tmp_path, monkeypatch, tiny_ru
     monkeypatch.setattr(T, "train", lambda *a, **k: calls.append(k.get("resume")) or real_train(*a, **k))
     T.train_or_load(cfg, tmp_path / "nb", backbone=backbone)
     assert calls == [True] and torch.load(tmp_path / "nb" / "checkpoint.pt", weights_only=True)["step"] == 6
+
+
+def test_the_raw_features_probes_get_the_steps_of_the_selected_checkpoint(tiny_run, monkeypatch, tmp_path):
+    """The baseline budget: the raw features' online probes train as many steps as the HP probes of the evaluated
+    checkpoint (best.pt: the step selected on val), not as many as the whole run."""
+    import shutil
+
+    from hpnb import probes
+    from hpnb.evaluate import evaluate_on_split
+
+    result, backbone = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(result.out, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["best"]["step"] = 3  # selected on val at step 3 of 6
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    monkeypatch.setattr("hpnb.backbones.load_backbone", lambda *a, **k: backbone)
+    budgets = []
+    real = probes.fit_online_probes
+    monkeypatch.setattr(
+        probes, "fit_online_probes", lambda fs, n, steps, *a, **k: budgets.append(steps) or real(fs, n, steps, *a, **k)
+    )
+    best = evaluate_on_split(run, split="val", crf=False, progress=False).summary
+    last = evaluate_on_split(run, split="val", crf=False, which="last", progress=False).summary
+    assert budgets == [3, 6] and best["checkpoint_step"] == 3 and last["checkpoint_step"] == 6
+    assert best["protocols"]["online"]["probe_steps"] == 3

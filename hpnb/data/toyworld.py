@@ -1,11 +1,12 @@
 """ToyWorld: hpnb's built-in dataset of procedural, labelled outdoor scenes (no download, seconds to generate).
 
 Each scene is painted back to front (sky, buildings, ground, water, road, then trees, cars and balls sorted by
-depth) with real photo textures bundled in scikit-image (`brick`, `grass`, `gravel`, `moon`) and procedural noise.
-Colours, texture scales, layout, occlusion and lighting vary so that colour alone does not solve the task:
-sky and water are both often blue (they differ by texture), grass and tree crowns are both green, and buildings,
-cars and balls change colour from image to image. `hpnb.baseline.toyworld_colour_kmeans` measures how far colour-and-edge
-statistics get (tests/test_toyworld.py keeps it clearly below 90 %).
+depth). Every class draws its surface from one shared pool of materials: any colour, and one of the same textures
+(the photos bundled with scikit-image, `brick`, `grass`, `gravel`, `moon`, and procedural noise). Colour and
+texture therefore do not identify a class; shape and context do: blocks with windows standing on the horizon, a
+crown on a trunk, a box on wheels, a shaded disc, a band narrowing to a vanishing point, a flat pond lying on the
+ground, the region above the horizon. `hpnb.baseline.toyworld_colour_kmeans` measures how far colour-and-edge
+statistics get (near the majority class; tests/test_toyworld.py checks it, and that a ViT gets much further).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ PALETTE: list[tuple[int, int, int]] = [
 ]
 SKY, BUILDING, TREE, GRASS, ROAD, WATER, CAR, BALL = range(len(CLASSES))
 N_CLASSES = len(CLASSES)
-VERSION = 1  # bump when scenes change, so cached features are recomputed
+VERSION = 2  # bump when scenes change, so cached features are recomputed (2: shared materials)
 
 SPLITS: dict[str, tuple[int, int]] = {"train": (0, 300), "val": (100_000, 100), "test": (200_000, 100)}
 SPLIT_SIZE = 100_000  # scene indices of one split lie in [offset, offset + SPLIT_SIZE)
@@ -139,46 +140,27 @@ def _shade(base: np.ndarray, tex: np.ndarray, contrast: float) -> np.ndarray:
     return base[None, None, :] * np.clip(1.0 + contrast * tex, 0.05, 3.0)[..., None]
 
 
-def _sky_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(zenith, horizon) colours of a clear, overcast or dusk sky."""
-    kind = rng.choice(3, p=[0.6, 0.25, 0.15])
-    if kind == 0:  # clear: blue to pale blue
-        hue = rng.uniform(0.54, 0.64)
-        zenith = _hsv(hue, rng.uniform(0.45, 0.8), rng.uniform(0.6, 0.9))
-        return zenith, _hsv(hue, rng.uniform(0.1, 0.35), rng.uniform(0.85, 1.0))
-    if kind == 1:  # overcast: grey
-        v = rng.uniform(0.55, 0.85)
-        return _hsv(0.6, rng.uniform(0.0, 0.12), v), _hsv(0.6, rng.uniform(0.0, 0.08), min(1.0, v + 0.1))
-    zenith = _hsv(rng.uniform(0.6, 0.72), rng.uniform(0.3, 0.6), rng.uniform(0.45, 0.7))  # dusk: violet to orange
-    return zenith, _hsv(rng.uniform(0.0, 0.1), rng.uniform(0.4, 0.7), rng.uniform(0.85, 1.0))
+# Every class draws its surface from the same pool of materials: a colour from the whole colour wheel (or a grey)
+# and one of the shared textures. Colour and texture therefore say nothing about the class; what tells the classes
+# apart is their shape (rectangles with windows, a crown on a trunk, a box on wheels, a shaded disc, a band that
+# narrows to a vanishing point) and their context (above or below the horizon, standing on the ground).
+SHARED_TEXTURES = ("brick", "grass", "gravel", "moon", "clouds", "foliage", "blotch")
 
 
-def _building_colour(rng: np.random.Generator) -> np.ndarray:
-    """Brick red, sandstone, concrete grey, whitewash or a painted colour (sometimes sky-blue or green)."""
-    kind = rng.integers(5)
-    if kind == 0:
-        return _hsv(rng.uniform(0.0, 0.06), rng.uniform(0.45, 0.75), rng.uniform(0.45, 0.7))
-    if kind == 1:
-        return _hsv(rng.uniform(0.08, 0.14), rng.uniform(0.25, 0.5), rng.uniform(0.6, 0.85))
-    if kind == 2:
-        return _hsv(0.6, rng.uniform(0.0, 0.1), rng.uniform(0.4, 0.75))
-    if kind == 3:
-        return _hsv(0.1, rng.uniform(0.0, 0.1), rng.uniform(0.8, 0.95))
-    return _hsv(rng.uniform(0.0, 1.0), rng.uniform(0.3, 0.6), rng.uniform(0.5, 0.85))
-
-
-def _green(rng: np.random.Generator, dry: float = 0.15) -> np.ndarray:
-    """A vegetation colour: mostly green, sometimes dry yellow-brown (grass) or autumn orange (trees)."""
-    if rng.random() < dry:
-        return _hsv(rng.uniform(0.05, 0.15), rng.uniform(0.45, 0.75), rng.uniform(0.45, 0.75))
-    return _hsv(rng.uniform(0.2, 0.36), rng.uniform(0.45, 0.8), rng.uniform(0.3, 0.65))
-
-
-def _vivid(rng: np.random.Generator) -> np.ndarray:
-    """Any saturated colour (cars and balls), or occasionally black, white or silver."""
+def _material(rng: np.random.Generator) -> tuple[np.ndarray, str, tuple[float, float], float]:
+    """(colour, texture name, texture zoom range, contrast), drawn the same way for every class."""
     if rng.random() < 0.25:
-        return _hsv(0.0, 0.0, rng.choice([0.12, 0.55, 0.9]) + rng.uniform(-0.05, 0.05))
-    return _hsv(rng.random(), rng.uniform(0.55, 0.95), rng.uniform(0.55, 0.95))
+        colour = _hsv(0.0, 0.0, rng.uniform(0.2, 0.9))
+    else:
+        colour = _hsv(rng.random(), rng.uniform(0.25, 0.85), rng.uniform(0.35, 0.9))
+    zoom = rng.uniform(0.5, 1.6)
+    return colour, str(rng.choice(SHARED_TEXTURES)), (zoom, zoom * 1.3), float(rng.uniform(0.12, 0.35))
+
+
+def _surface(rng: np.random.Generator, material, h: int, w: int, res: int) -> np.ndarray:
+    """An (h, w, 3) patch of a material: its colour modulated by its texture at a random offset."""
+    colour, texture, zoom, contrast = material
+    return _shade(_jitter(rng, colour, 0.04), _sample_texture(rng, texture, h, w, res, zoom), contrast)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -231,22 +213,16 @@ def _ellipse(cy: float, cx: float, ry: float, rx: float, ys: np.ndarray, xs: np.
 
 
 def _paint_sky(c: _Canvas, rng: np.random.Generator, horizon: float) -> None:
-    """A vertical colour gradient with soft clouds, down to a little below the horizon."""
+    """Everything above the horizon, lighter towards it (the light comes from the sky)."""
     where = c.box(0.0, horizon + 0.02, 0.0, 1.0)
     h, w = where[0].stop, c.res
-    top, bottom = _sky_colours(rng)
     t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None] ** rng.uniform(0.6, 1.5)
-    col = np.broadcast_to((1 - t) * top + t * bottom, (h, w, 3))
-    clouds = _sample_texture(rng, "clouds", h, w, c.res, (0.4, 1.0), stretch=rng.uniform(1.5, 3.0))
-    cover = np.clip((clouds - rng.uniform(-0.3, 1.5)) * rng.uniform(0.3, 0.6), 0, 1)[..., None]
-    white = _hsv(0.1, rng.uniform(0.0, 0.1), rng.uniform(0.85, 1.0))
-    c.paint(where, None, (1 - cover) * col + cover * white, SKY)
+    c.paint(where, None, _surface(rng, _material(rng), h, w, c.res) * (0.8 + 0.4 * t), SKY)
 
 
 def _paint_buildings(c: _Canvas, rng: np.random.Generator, horizon: float) -> None:
-    """One to five brick blocks standing on the horizon, with optional dark windows."""
-    base = _building_colour(rng)
-    contrast = rng.uniform(0.2, 0.4)
+    """One to five upright blocks standing on the horizon, most with a grid of dark windows."""
+    material = _material(rng)
     for _ in range(rng.integers(1, 6)):
         width, height = rng.uniform(0.12, 0.45), rng.uniform(0.25, 0.9) * horizon
         x0 = rng.uniform(-0.1, 1.0 - width * 0.5)
@@ -254,9 +230,8 @@ def _paint_buildings(c: _Canvas, rng: np.random.Generator, horizon: float) -> No
         if where is None:
             continue
         h, w = where[0].stop - where[0].start, where[1].stop - where[1].start
-        brick = _sample_texture(rng, "brick", h, w, c.res, (0.8, 1.8))
-        col = _shade(_jitter(rng, base, 0.05), brick, contrast)
-        if rng.random() < 0.6:
+        col = _surface(rng, material, h, w, c.res)
+        if rng.random() < 0.8:
             ys, xs = _grid(where, c.res)
             py, px = rng.uniform(0.05, 0.1), rng.uniform(0.05, 0.1)
             wy, wx = ys - where[0].start / c.res, xs - where[1].start / c.res
@@ -267,22 +242,18 @@ def _paint_buildings(c: _Canvas, rng: np.random.Generator, horizon: float) -> No
 
 
 def _paint_grass(c: _Canvas, rng: np.random.Generator, horizon: float) -> None:
-    """The ground below the horizon: the grass photo tinted green (or dry), darker towards the horizon."""
+    """The ground: everything below the horizon, darker towards the horizon."""
     where = c.box(horizon, 1.0, 0.0, 1.0)
     if where is None:
         return
     h, w = where[0].stop - where[0].start, c.res
-    grass = _sample_texture(rng, "grass", h, w, c.res, (0.5, 1.3), stretch=rng.uniform(1.0, 1.6))
-    blotch = _sample_texture(rng, "blotch", h, w, c.res, (0.5, 1.0))
-    col = _shade(_green(rng), grass + 0.6 * blotch, rng.uniform(0.18, 0.35))
     fade = np.linspace(rng.uniform(0.75, 1.0), 1.0, h, dtype=np.float32)[:, None, None]
-    c.paint(where, None, col * fade, GRASS)
+    c.paint(where, None, _surface(rng, _material(rng), h, w, c.res) * fade, GRASS)
 
 
 def _paint_water(c: _Canvas, rng: np.random.Generator, horizon: float) -> None:
-    """A sea band along the horizon or a pond: horizontal ripples and glints, blue, teal or grey."""
-    hue = rng.uniform(0.45, 0.65)
-    base = _hsv(hue, rng.uniform(0.15, 0.75), rng.uniform(0.35, 0.8))
+    """A flat pond lying on the ground (a wide ellipse) or a sea band along the horizon, with a mirrored, rippled
+    sheen: the reflection of a bright sky streaked along the horizontal."""
     if rng.random() < 0.5:  # sea from the horizon down
         y1 = horizon + rng.uniform(0.15, 0.6) * (1 - horizon)
         where = c.box(horizon, y1, 0.0, 1.0)
@@ -299,17 +270,15 @@ def _paint_water(c: _Canvas, rng: np.random.Generator, horizon: float) -> None:
         mask = _ellipse(cy, cx, ry, rx, ys, xs)
     ys, xs = _grid(where, c.res)
     h, w = ys.shape[0], xs.shape[1]
-    wobble = _sample_texture(rng, "blotch", h, w, c.res, (0.5, 1.0))
-    freq = rng.uniform(60, 140)
-    ripple = np.sin(2 * np.pi * freq * ys * (1 + 0.5 * ys) + 3.0 * wobble)
-    ripple = ripple + 0.5 * _sample_texture(rng, "clouds", h, w, c.res, (1.0, 2.0), stretch=rng.uniform(4, 8))
-    col = _shade(base, ripple.astype(np.float32), rng.uniform(0.1, 0.25))
-    glint = np.clip(ripple - 1.2, 0, 1)[..., None] * rng.uniform(0.0, 0.8)
-    c.paint(where, mask, np.clip(col + glint, 0, 1), WATER)
+    col = _surface(rng, _material(rng), h, w, c.res)
+    ripple = np.sin(2 * np.pi * rng.uniform(60, 140) * ys * (1 + 0.5 * ys))
+    streak = np.clip(ripple - 0.6, 0, 1)[..., None] * rng.uniform(0.2, 0.5)  # horizontal glints
+    c.paint(where, mask, np.clip(col * (0.85 + 0.1 * ripple[..., None]) + streak, 0, 1), WATER)
 
 
 def _paint_road(c: _Canvas, rng: np.random.Generator, horizon: float) -> tuple[float, float] | None:
-    """Asphalt: a road narrowing to a vanishing point or a band across the bottom; returns its (y0, y1) span."""
+    """A road narrowing to a vanishing point, or a band across the bottom, with a dashed centre line; returns its
+    (y0, y1) span."""
     if rng.random() < 0.6:  # perspective road
         vx, half = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.6)
         bx = vx + rng.uniform(-0.4, 0.4)
@@ -330,11 +299,9 @@ def _paint_road(c: _Canvas, rng: np.random.Generator, horizon: float) -> tuple[f
         ys, xs = _grid(where, c.res)
         mask, centre = None, None
     h, w = ys.shape[0], xs.shape[1]
-    tex = _sample_texture(rng, rng.choice(["gravel", "moon"]), h, w, c.res, (1.2, 2.2))
-    grey = _hsv(rng.uniform(0.0, 1.0), rng.uniform(0.0, 0.1), rng.uniform(0.25, 0.6))
-    col = _shade(grey, tex, rng.uniform(0.08, 0.2))
-    if rng.random() < 0.6:  # dashed centre line, part of the road
-        paint = _hsv(rng.choice([0.14, 0.0]), rng.choice([0.8, 0.0]), 0.9)
+    col = _surface(rng, _material(rng), h, w, c.res)
+    if rng.random() < 0.8:  # dashed centre line, part of the road
+        paint = _hsv(rng.random(), rng.uniform(0.0, 0.8), 0.95)
         if centre is None:
             line = (np.abs(ys - (y0 + y1) / 2) < 0.006) & (np.mod(xs, 0.12) < 0.06)
         else:
@@ -345,14 +312,13 @@ def _paint_road(c: _Canvas, rng: np.random.Generator, horizon: float) -> tuple[f
 
 
 def _paint_tree(c: _Canvas, rng: np.random.Generator, y: float, size: float) -> None:
-    """A brown trunk and a clumpy leafy crown (both labelled tree), standing at ground height y."""
+    """A trunk and a lumpy crown on it (both labelled tree), standing at ground height y."""
     cx = rng.uniform(0.0, 1.0)
     trunk_h, trunk_w = size * rng.uniform(0.4, 0.8), size * rng.uniform(0.08, 0.16)
-    bark = _hsv(rng.uniform(0.05, 0.1), rng.uniform(0.3, 0.6), rng.uniform(0.2, 0.45))
     where = c.box(y - trunk_h - 0.02, y, cx - trunk_w / 2, cx + trunk_w / 2)
     if where is not None:
         h, w = where[0].stop - where[0].start, where[1].stop - where[1].start
-        c.paint(where, None, _shade(bark, _sample_texture(rng, "gravel", h, w, c.res, (0.3, 0.6), 3.0), 0.2), TREE)
+        c.paint(where, None, _surface(rng, _material(rng), h, w, c.res) * 0.7, TREE)
     ry, rx = size * rng.uniform(0.35, 0.6), size * rng.uniform(0.3, 0.5)
     cy = y - trunk_h - ry * 0.6
     where = c.box(cy - ry * 1.3, cy + ry * 1.3, cx - rx * 1.4, cx + rx * 1.4)
@@ -360,22 +326,18 @@ def _paint_tree(c: _Canvas, rng: np.random.Generator, y: float, size: float) -> 
         return
     ys, xs = _grid(where, c.res)
     h, w = ys.shape[0], xs.shape[1]
-    leaves = _sample_texture(rng, "foliage", h, w, c.res, (0.5, 1.2))
     mask = _ellipse(cy, cx, ry, rx, ys, xs)
     for _ in range(rng.integers(2, 5)):  # lumps make the outline irregular
         dy, dx = rng.uniform(-0.8, 0.5) * ry, rng.uniform(-0.9, 0.9) * rx
         mask |= _ellipse(cy + dy, cx + dx, ry * rng.uniform(0.4, 0.7), rx * rng.uniform(0.4, 0.7), ys, xs)
-    mask &= leaves > -1.3  # holes let the background show through
     shade = np.clip(1.15 - 0.5 * (ys - (cy - ry)) / (2 * ry), 0.6, 1.2)[..., None]  # lit from above
-    col = _shade(_green(rng, dry=0.2), leaves, rng.uniform(0.25, 0.4)) * shade
-    c.paint(where, mask, col, TREE)
+    c.paint(where, mask, _surface(rng, _material(rng), h, w, c.res) * shade, TREE)
 
 
 def _paint_car(c: _Canvas, rng: np.random.Generator, y: float, size: float) -> None:
-    """A box-shaped car: body, cabin with dark windows and two wheels (all labelled car)."""
+    """A box-shaped car: body, cabin with dark windows and two black wheels (all labelled car)."""
     cx = rng.uniform(0.05, 0.95)
     length, height = size * rng.uniform(1.0, 1.6), size * rng.uniform(0.28, 0.38)
-    body = _vivid(rng)
     wheel = size * 0.14
     where = c.box(y - height - height * 0.8, y + 0.005, cx - length / 2, cx + length / 2)
     if where is None:
@@ -394,16 +356,15 @@ def _paint_car(c: _Canvas, rng: np.random.Generator, y: float, size: float) -> N
     for wx in (cx - length * 0.3, cx + length * 0.3):
         wheels |= _ellipse(y - wheel, wx, wheel, wheel, ys, xs)
     h, w = ys.shape[0], xs.shape[1]
-    col = _shade(body, _sample_texture(rng, "blotch", h, w, c.res, (1.0, 2.0)), 0.08)
+    col = _surface(rng, _material(rng), h, w, c.res)
     col = col * np.clip(1.2 - 0.6 * (ys - top + height) / (2 * height), 0.6, 1.25)[..., None]  # glossy top
-    glass = _hsv(0.58, 0.3, rng.uniform(0.15, 0.45))
-    col = np.where(window[..., None], glass, col)
+    col = np.where(window[..., None], col * 0.3, col)
     col = np.where(wheels[..., None], np.float32(0.07), col)
     c.paint(where, hull | cabin | wheels, col, CAR)
 
 
 def _paint_ball(c: _Canvas, rng: np.random.Generator, y: float, size: float) -> None:
-    """A shaded ball resting at ground height y, plain or with beach-ball stripes."""
+    """A shaded ball resting at ground height y, with a highlight, sometimes with stripes."""
     r = size * rng.uniform(0.15, 0.35)
     cx, cy = rng.uniform(0.03, 0.97), y - r
     where = c.box(cy - r, cy + r, cx - r, cx + r)
@@ -411,11 +372,11 @@ def _paint_ball(c: _Canvas, rng: np.random.Generator, y: float, size: float) -> 
         return
     ys, xs = _grid(where, c.res)
     mask = _ellipse(cy, cx, r, r, ys, xs)
-    base = np.broadcast_to(_vivid(rng), (ys.shape[0], xs.shape[1], 3))
+    h, w = ys.shape[0], xs.shape[1]
+    base = _surface(rng, _material(rng), h, w, c.res)
     if rng.random() < 0.4:
-        second = _vivid(rng)
         stripes = np.mod(np.arctan2(ys - cy, xs - cx) * rng.integers(2, 5) / np.pi, 2.0) < 1.0
-        base = np.where(stripes[..., None], second, base)
+        base = np.where(stripes[..., None], _surface(rng, _material(rng), h, w, c.res), base)
     ly, lx = cy - 0.4 * r, cx - 0.35 * r  # light from the upper left
     dist = np.sqrt((ys - ly) ** 2 + (xs - lx) ** 2) / (1.6 * r)
     shade = np.clip(1.25 - 0.85 * dist, 0.3, 1.25)[..., None]
