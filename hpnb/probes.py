@@ -58,6 +58,9 @@ def fit_online_probes(
     torch.manual_seed(seed)  # the N(0, 1) centroids and the linear init, as HPModel draws them
     dim = codes(fs.feats[:1].float()).shape[1]
     linear, cluster = nn.Conv2d(dim, n_classes, 1), ClusterProbe(dim, n_classes)
+    # float64 on the CPU (same initial values): the printed scores then do not depend on the number of threads
+    dtype = torch.float64 if fs.feats.device.type == "cpu" else torch.float32
+    linear, cluster = linear.to(dtype), cluster.to(dtype)
     opt_linear = torch.optim.Adam(linear.parameters(), lr=linear_lr)
     opt_cluster = torch.optim.Adam(cluster.parameters(), lr=cluster_lr)
     per_epoch = max(1, len(fs) // batch)
@@ -66,7 +69,7 @@ def fit_online_probes(
         order = torch.randperm(len(fs), generator=torch.Generator().manual_seed(seed * 7919 + epoch))
         idx = order[i * batch : (i + 1) * batch]
         with torch.no_grad():
-            z = codes(fs.feats[idx].float())
+            z = codes(fs.feats[idx].float()).to(dtype)
         labels = _targets(fs.labels[idx], n_classes)
         logits = F.interpolate(linear(z), size=labels.shape[-2:], mode="bilinear", align_corners=False)
         loss = F.cross_entropy(logits, labels, ignore_index=IGNORE) + cluster.loss(z)
@@ -75,7 +78,7 @@ def fit_online_probes(
         loss.backward()
         opt_linear.step()
         opt_cluster.step()
-    return linear.eval(), cluster.centroids.detach()
+    return linear.float().eval(), cluster.centroids.detach().float()
 
 
 def patch_targets(labels: torch.Tensor, grid: tuple[int, int], n_classes: int) -> torch.Tensor:
