@@ -57,7 +57,7 @@ PROMPTS = [
         expect="classes",
     ),
     Prompt(
-        "01", 1, "PATCH = (10, 4)", "## 2.", replace=("PATCH = (7, 9)", "PATCH = (10, 4)"), expect="anchor class: car"
+        "01", 1, "PATCH = (10, 9)", "## 2.", replace=("PATCH = (7, 9)", "PATCH = (10, 9)"), expect="anchor class: car"
     ),
     Prompt("01", 2, "TAU = 0.1", "## 4.", replace=("TAU = 0.6", "TAU = 0.1"), expect="(τ = 0.1)"),
     Prompt(
