@@ -17,7 +17,8 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0, tol: float =
     if x.shape[0] < k:
         raise ValueError(f"k-means needs at least k={k} points, found {x.shape[0]}")
     gen = torch.Generator().manual_seed(seed)
-    x = F.normalize(x.float(), dim=1)
+    # float64 on the CPU: the assignments, and every score printed from them, then do not depend on the thread count
+    x = F.normalize(x.double() if x.device.type == "cpu" else x.float(), dim=1)
     centroids = x[torch.randint(len(x), (1,), generator=gen)]
     for _ in range(1, k):  # k-means++: next centre drawn ∝ squared distance to the nearest chosen one
         d2 = (2 - 2 * (x @ centroids.T)).clamp_min(0).min(dim=1).values
@@ -34,7 +35,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0, tol: float =
         if prev is not None and abs(obj - prev) <= tol * abs(prev):
             break
         prev = obj
-    return centroids
+    return centroids.float()
 
 
 def sample_patches(fs: FeatureSet, max_points: int, seed: int = 0) -> torch.Tensor:

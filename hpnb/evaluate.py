@@ -86,6 +86,21 @@ def kmeans_predictor(
     return Predictor(codes=lambda f: f.float(), linear=probe, centroids=centroids, name="k-means")
 
 
+def cluster_scores(codes: torch.Tensor, centroids: torch.Tensor, size: tuple, cosine: bool = True) -> torch.Tensor:
+    """Per-pixel cluster scores at `size`: codes (B, K, h, w), unit centroids (n, K) -> (B, n, H, W).
+
+    `cosine`: cos(up(codes), c), the official scores (the CRF's input). Otherwise up(codes)·c, which has the same
+    argmax (|up(codes)| is one positive number per pixel) and, bilinear upsampling being linear, equals up(codes·c):
+    the dot products are taken on the patch grid and n maps are upsampled instead of K (what the scores cost)."""
+    dots = F.interpolate(
+        torch.einsum("bkhw,ck->bchw", codes, centroids), size=size, mode="bilinear", align_corners=False
+    )
+    if not cosine:
+        return dots
+    up = F.interpolate(codes, size=size, mode="bilinear", align_corners=False)
+    return dots / up.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
 @dataclass
 class EvalResult:
     """Scores (percent) per head, before and after the CRF, plus matched confusions and a few predictions."""
@@ -147,8 +162,7 @@ def evaluate(
         codes = pred.codes(feats)  # (b, K, h, w)
         lin_grid = pred.linear(codes)  # linear probe commutes with bilinear upsampling (weights sum to 1)
         lin = F.interpolate(lin_grid, size=size, mode="bilinear", align_corners=False)
-        up = F.normalize(F.interpolate(codes, size=size, mode="bilinear", align_corners=False), dim=1)
-        cos = torch.einsum("bkhw,ck->bchw", up, centroids)
+        cos = cluster_scores(codes, centroids, size, cosine=crf)  # the CRF needs true cosines, argmax does not
         for name, logits in (("cluster", cos), ("linear", lin)):
             p = logits.argmax(1)
             metrics[name].update(p, labels)
@@ -372,8 +386,7 @@ def predict(image, run_or_checkpoint, crf: bool = True, head: str = "cluster", w
             grid_logits = model.linear_probe(codes)
             logits = F.interpolate(grid_logits, size=(h, w), mode="bilinear", align_corners=False)[0]
         else:
-            up = F.normalize(F.interpolate(codes, size=(h, w), mode="bilinear", align_corners=False), dim=1)
-            logits = 2 * torch.einsum("bkhw,ck->bchw", up, F.normalize(model.cluster_probe.centroids, dim=1))[0]
+            logits = 2 * cluster_scores(codes, F.normalize(model.cluster_probe.centroids, dim=1), (h, w))[0]
     from hpnb.crf import dense_crf, resolve_crf
 
     if resolve_crf(crf):  # without pydensecrf: one line, then the prediction without the CRF

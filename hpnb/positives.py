@@ -35,11 +35,16 @@ def pool_image_indices(
     return allowed[torch.randperm(len(allowed), generator=generator)[:pool_size]]
 
 
-def sample_patches_per_image(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One uniformly random patch of each image: (B, D, h, w) -> L2-normalised (B, D) (spec §2.2)."""
+def pick_patch_per_image(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One uniformly random patch of each image, as a 1×1 map: (B, D, h, w) -> (B, D, 1, 1), not normalised."""
     b, d, h, w = x.shape
     idx = torch.randint(h * w, (b,), generator=generator, device="cpu").to(x.device)
-    picked = x.flatten(2)[torch.arange(b, device=x.device), :, idx]
+    return x.flatten(2)[torch.arange(b, device=x.device), :, idx][:, :, None, None]
+
+
+def sample_patches_per_image(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One uniformly random patch of each image: (B, D, h, w) -> L2-normalised (B, D) (spec §2.2)."""
+    picked = pick_patch_per_image(x, generator).flatten(1)
     return F.normalize(picked.to(torch.promote_types(picked.dtype, torch.float32)), dim=1)
 
 
@@ -48,15 +53,18 @@ def build_reference_pools(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Q_ag (M, C) and Q_sp (M, K): one random patch per image of the mining features f and of the momentum codes s'
     (independent draws), from the first M images of `feature_batches` (backbone maps (B, C, h, w)); spec §2.2–2.3.
-    Rows are stored in fp16 and L2-normalised, as the official pools."""
+    Rows are stored in fp16 and L2-normalised, as the official pools.
+
+    The heads act on each patch alone (1×1 convolutions, channel dropout drawn per image), so the patch is picked
+    first and only it goes through them: the same pools as heads-then-pick, h·w times less work."""
     q_ag, q_sp, have = [], [], 0
     with torch.no_grad():
         for feats in feature_batches:
             take = min(len(feats), pool_size - have)
             feats = feats[:take]
-            q_ag.append(sample_patches_per_image(heads.mining_features(feats), generator).half())
+            q_ag.append(heads.mining_features(pick_patch_per_image(feats, generator)).flatten(1).half())
             if task_specific:
-                q_sp.append(sample_patches_per_image(heads.momentum_codes(feats), generator).half())
+                q_sp.append(heads.momentum_codes(pick_patch_per_image(feats, generator)).flatten(1).half())
             have += take
             if have >= pool_size:
                 break

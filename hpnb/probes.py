@@ -98,11 +98,13 @@ def fit_linear_converged(
     x = data.feats.permute(0, 2, 3, 1).reshape(-1, data.feats.shape[1])  # (P, D)
     y = patch_targets(fs.labels, data.grid, n_classes).permute(0, 2, 3, 1).reshape(-1, n_classes)  # (P, C)
     keep = y.sum(1) > 0
-    x, y = x[keep], y[keep]
+    # float64 on the CPU: the fitted probe, and every score printed from it, then do not depend on the thread count
+    dtype = torch.float64 if x.device.type == "cpu" else torch.float32
+    x, y = x[keep].to(dtype), y[keep].to(dtype)
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)  # standardise for a well-conditioned problem, fold back below
     xs = (x - mean) / std
-    weight = torch.zeros(n_classes, x.shape[1], requires_grad=True)
-    bias = torch.zeros(n_classes, requires_grad=True)
+    weight = torch.zeros(n_classes, x.shape[1], dtype=dtype, device=x.device, requires_grad=True)
+    bias = torch.zeros(n_classes, dtype=dtype, device=x.device, requires_grad=True)
     opt = torch.optim.LBFGS(
         [weight, bias],
         lr=1,
@@ -120,7 +122,7 @@ def fit_linear_converged(
         return loss
 
     opt.step(closure)
-    probe = nn.Conv2d(x.shape[1], n_classes, 1)
+    probe = nn.Conv2d(x.shape[1], n_classes, 1).to(x.device)
     with torch.no_grad():  # logits = ((x - mean) / std) W^T + b  ==  x (W / std)^T + (b - W·mean/std)
         w = weight / std
         probe.weight.copy_(w[:, :, None, None])

@@ -80,3 +80,19 @@ def test_patch_labels_take_the_majority_with_ties_to_ignore_then_the_smaller_cla
     assert patch_labels(labels, (2, 2)).tolist() == [[[0, 1], [2, -1]]]
     tie = torch.tensor([[[-1, 4], [4, -1]]])
     assert patch_labels(tie, (1, 1)).tolist() == [[[-1]]]
+
+
+def test_cluster_scores_are_the_cosines_of_upsampled_codes_and_the_fast_form_has_their_argmax():
+    import torch.nn.functional as F
+
+    from hpnb.evaluate import cluster_scores
+
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randn(2, 16, 5, 7, generator=g)
+    centroids = F.normalize(torch.randn(6, 16, generator=g), dim=1)
+    up = F.normalize(F.interpolate(codes, size=(33, 41), mode="bilinear", align_corners=False), dim=1)
+    reference = torch.einsum("bkhw,ck->bchw", up, centroids)  # what the official evaluation computes
+    assert torch.allclose(cluster_scores(codes, centroids, (33, 41)), reference, atol=1e-6)
+    fast = cluster_scores(codes, centroids, (33, 41), cosine=False)
+    assert torch.equal(fast.argmax(1), reference.argmax(1))
+    assert not torch.allclose(fast, reference, atol=1e-2)  # the fast form is not the cosine itself

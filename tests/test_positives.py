@@ -155,6 +155,26 @@ def test_reference_pools_take_m_images_and_are_unit_length():
         build_reference_pools((torch.randn(3, 6, 2, 2) for _ in range(4)), heads, pool_size=20)
 
 
+def test_pools_picked_before_the_heads_equal_heads_then_pick():
+    """build_reference_pools runs the heads on the picked patch only; with the same draws (the patch indices from
+    `generator`, the channel dropout from the global RNG) that gives the pools of running them on whole maps."""
+    from hpnb.heads import HPHeads
+
+    heads = HPHeads(6, 4, dropout=0.5).train()
+    feats = [torch.randn(3, 6, 5, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    torch.manual_seed(1)
+    q_ag, q_sp = build_reference_pools(iter(feats), heads, pool_size=8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    gen, ref_ag, ref_sp = torch.Generator().manual_seed(0), [], []
+    for f in feats:
+        f = f[: 8 - 3 * len(ref_ag)]
+        ref_ag.append(sample_patches_per_image(heads.mining_features(f), gen).half())
+        ref_sp.append(sample_patches_per_image(heads.momentum_codes(f), gen).half())
+    assert torch.allclose(q_ag, F.normalize(torch.cat(ref_ag).float(), dim=1), atol=1e-6)
+    assert torch.allclose(q_sp, F.normalize(torch.cat(ref_sp).float(), dim=1), atol=1e-6)
+    assert (q_ag == 0).any(), "dropout 0.5 must have zeroed some channels (the draws are then compared too)"
+
+
 def test_pool_images_are_distinct_drawn_without_replacement_and_avoid_the_anchors():
     from hpnb.positives import pool_image_indices
 
