@@ -7,6 +7,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hpnb-installed
 CRF    ?= 1
+# PIP_FLAGS: extra pip options, e.g. an offline classroom: make setup PIP_FLAGS="--no-index --find-links wheelhouse"
+PIP_FLAGS ?=
+WHEELHOUSE ?= wheelhouse
 CRF_LOG := $(VENV)/crf-install.log
 CRF_LATER := To add it later: $(VENV)/bin/pip install -r requirements-crf.txt
 CRF_FAILED := note: the optional dense CRF (pydensecrf2) did not build (it needs a C++ compiler; pip's log: \
@@ -14,15 +17,15 @@ CRF_FAILED := note: the optional dense CRF (pydensecrf2) did not build (it needs
 CRF_SKIPPED := note: CRF=$(CRF), so the optional dense CRF (pydensecrf2) is not installed; CRF steps are skipped. \
   $(CRF_LATER)
 
-.PHONY: setup demo test lint format lab clean-cache
+.PHONY: setup demo test lint format lab student wheelhouse clean-cache
 
 $(STAMP): requirements.txt requirements-crf.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q pip==26.3
-	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q $(PIP_FLAGS) pip==26.3
+	$(PY) -m pip install -q $(PIP_FLAGS) -r requirements.txt
+	$(PY) -m pip install -q $(PIP_FLAGS) --no-deps -e .
 ifeq ($(filter 0 no false off,$(CRF)),)
-	@$(PY) -m pip install -r requirements-crf.txt >$(CRF_LOG) 2>&1 || echo "$(CRF_FAILED)"
+	@$(PY) -m pip install $(PIP_FLAGS) -r requirements-crf.txt >$(CRF_LOG) 2>&1 || echo "$(CRF_FAILED)"
 else
 	@echo "$(CRF_SKIPPED)"
 endif
@@ -52,6 +55,17 @@ test: $(STAMP) lint
 	$(PY) -m pytest -q -m "not after_notebooks" tests
 	$(PY) -m pytest -q $(NBVAL) notebooks
 	$(PY) -m pytest -q -m after_notebooks tests
+
+# student: the student edition of the notebooks (solutions of the exercises stubbed, their outputs cleared)
+student:
+	$(PYTHON) tools/student.py notebooks build/student
+
+# wheelhouse: every pinned wheel (and the CRF's source) downloaded into $(WHEELHOUSE)/ on a machine with internet, for
+# an offline classroom: copy the folder over, then `make setup PIP_FLAGS="--no-index --find-links wheelhouse"`
+wheelhouse:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip download -q -d $(WHEELHOUSE) pip==26.3 -r requirements.txt -r requirements-crf.txt setuptools wheel
+	@echo "$(WHEELHOUSE)/: $$(ls $(WHEELHOUSE) | wc -l) files"
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

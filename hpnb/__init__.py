@@ -2,7 +2,7 @@
 
 Modules (one idea each, layered as the README's "Architecture" table says): `utils`, `printing`, `metrics`; `data`
 (one registry for every dataset), `backbones`, `features`, `crf`; `config`, `positives`, `heads`, `losses`, `model`,
-`baseline`; `runs`, `evaluate`, `train`; `viz`, `widgets`, `report`, `demo`, `toyworld`.
+`baseline`; `runs`, `evaluate`, `train`; `viz`, `widgets`, `check`, `report`, `demo`, `toyworld`.
 Heavy submodules are imported on first use, so `import hpnb` stays fast.
 """
 
@@ -36,6 +36,7 @@ _SUBMODULES = {
     "demo",
     "download",
     "widgets",
+    "check",
     "printing",
     "probes",
 }

@@ -226,11 +226,18 @@ def protocol_predictors(model, train: FeatureSet, n_classes: int, cfg, steps: in
     (i) online: HP's own online probes (from its checkpoint, trained `steps` steps) against the same probes trained
     alone for `steps` steps on the raw features; (ii) converged: k-means and a converged linear probe on frozen HP
     codes against the same on the raw features (`hpnb.probes`)."""
+    import copy
+
     from hpnb.probes import fit_kmeans, fit_linear_converged, fit_online_probes
 
     model.eval()
     hp_codes = lambda f: model.heads.seg(f.float())  # noqa: E731  (eval mode: no dropout)
     raw = lambda f: f.float()  # noqa: E731
+    # the converged probes are fitted on codes from a float64 copy of S on the CPU, as the feature caches are
+    # computed: the fit, and the scores printed from it, then do not depend on the CPU or its thread count
+    cpu = next(model.parameters()).device.type == "cpu"
+    seg64 = copy.deepcopy(model.heads.seg).double().eval() if cpu else model.heads.seg
+    fit_codes = (lambda f: seg64(f.double())) if cpu else hp_codes  # noqa: E731
     tag = f"{train.path.stem}_seed{cfg.seed}" if train.path is not None else None
     online_key = f"{tag}_online_{steps}x{cfg.batch_size}_lr{cfg.linear_lr}_{cfg.cluster_lr}"
 
@@ -247,8 +254,8 @@ def protocol_predictors(model, train: FeatureSet, n_classes: int, cfg, steps: in
         "converged": {
             "HP": Predictor(
                 hp_codes,
-                fit_linear_converged(train, n_classes, hp_codes),
-                fit_kmeans(train, n_classes, hp_codes, seed=cfg.seed),
+                fit_linear_converged(train, n_classes, fit_codes),
+                fit_kmeans(train, n_classes, fit_codes, seed=cfg.seed),
                 name="HP",
             ),
             "raw features": Predictor(raw, *converged, name="raw features"),

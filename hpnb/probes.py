@@ -29,7 +29,8 @@ def _identity(feats: torch.Tensor) -> torch.Tensor:
 
 
 def code_set(fs: FeatureSet, codes: Codes | None = None, batch: int = 16) -> FeatureSet:
-    """The same split with its features replaced by `codes(features)` (fp32; raw features when codes is None)."""
+    """The same split with its features replaced by `codes(features)` (in the dtype `codes` returns; fp32 raw
+    features when codes is None)."""
     codes = codes or _identity
     with torch.no_grad():
         out = torch.cat([codes(fs.feats[i : i + batch].float()) for i in range(0, len(fs), batch)])

@@ -21,15 +21,43 @@ from nbclient import NotebookClient
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clean_notebooks import clean, dumps  # noqa: E402
 
+TIMES = Path(__file__).resolve().parents[1] / "docs" / "notebook_times.json"
+
+
+def section_times(nb) -> dict[str, float]:
+    """Seconds spent in each H2 section ("(setup)" before the first), from nbclient's per-cell timestamps."""
+    from datetime import datetime
+
+    times, section = {}, "(setup)"
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("## "):
+            section = cell.source.splitlines()[0][3:].strip()
+        stamps = cell.get("metadata", {}).get("execution", {})
+        if cell.cell_type == "code" and "shell.execute_reply" in stamps:
+            t0 = datetime.fromisoformat(stamps["iopub.execute_input"].replace("Z", "+00:00"))
+            t1 = datetime.fromisoformat(stamps["shell.execute_reply"].replace("Z", "+00:00"))
+            times[section] = times.get(section, 0.0) + (t1 - t0).total_seconds()
+    return {k: round(v, 1) for k, v in times.items()}
+
 
 def run(path: Path, timeout: int = 1200) -> float:
-    """Execute one notebook in place and clean it; returns the wall time in seconds."""
+    """Execute one notebook in place and clean it; record its section times in docs/notebook_times.json; returns
+    the wall time in seconds."""
+    import os
+
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
     NotebookClient(
         nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     ).execute()
     seconds = time.perf_counter() - start
+    record = json.loads(TIMES.read_text()) if TIMES.is_file() else {}
+    record[path.name] = {
+        "total_s": round(seconds, 1),
+        "threads": os.environ.get("OMP_NUM_THREADS", f"default ({os.cpu_count()} cores)"),
+        "sections_s": section_times(nb),
+    }
+    TIMES.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     path.write_text(dumps(clean(json.loads(nbformat.writes(nb)))))
     return seconds
 

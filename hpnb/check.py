@@ -1,0 +1,424 @@
+"""Exercises that check themselves: `hpnb.check.check(name, your_function)` runs your function and hpnb's reference
+on fresh random inputs and prints `[PASS]`, or `[FAIL]` with what was expected and what was found (type, shape,
+dtype, the first differing entry). It never raises, so a notebook goes on after a failed check.
+
+    def criterion_eq2(x, pool):             # your answer, in the notebook's exercise cell
+        return (x @ pool.T).amax(dim=1)
+    hpnb.check.check("criterion", criterion_eq2)
+    # [PASS] criterion (Eq. 2, c_i = max_m sim(q_m, x_i)): 3 random cases
+
+`passes(name, fn)` returns the verdict instead of printing it. `EXERCISES` lists every exercise of the series
+(notebook, idea, what its check catches); `reference(name)` gives hpnb's answer, for a student who is stuck.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One exercise: the idea, hpnb's reference answer, a maker of random inputs, and how answers are compared."""
+
+    name: str
+    notebook: str  # the two-digit prefix of the notebook that holds it
+    idea: str  # shown in the check's line
+    reference: Callable
+    inputs: Callable[[torch.Generator], tuple]
+    catches: str  # the common mistakes the check catches (docs/workshop.md lists them)
+    atol: float = 1e-5
+    compare: Callable | None = None  # (found, expected, inputs) -> message or None; default: `difference`
+    calls: bool = True  # False: `compare` gets the student's function itself (it tries many inputs)
+
+
+def _unit(g: torch.Generator, *shape: int) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, generator=g), dim=-1)
+
+
+def _size(g: torch.Generator, lo: int, hi: int) -> int:
+    return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+
+# -- references and inputs ----------------------------------------------------------------------------------------
+
+
+def _cosine_map(feats: torch.Tensor, anchor: tuple[int, int]) -> torch.Tensor:
+    """cos(f_anchor, f_j) for every patch j of one image: feats (C, h, w) -> (h, w)."""
+    f = F.normalize(feats.flatten(1), dim=0)  # (C, N), unit columns
+    y, x = anchor
+    return (f[:, y * feats.shape[2] + x] @ f).reshape(feats.shape[1:])
+
+
+def _cosine_inputs(g):
+    h, w = _size(g, 3, 9), _size(g, 3, 9)
+    feats = torch.randn(_size(g, 4, 32), h, w, generator=g)
+    return feats, (_size(g, 0, h - 1), _size(g, 0, w - 1))
+
+
+def _criterion(x: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    from hpnb.positives import criteria
+
+    return criteria(x, pool)
+
+
+def _criterion_inputs(g):
+    d = _size(g, 4, 24)
+    return _unit(g, _size(g, 5, 60), d), _unit(g, _size(g, 2, 16), d)
+
+
+def _symmetric_mask(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    from hpnb.positives import positive_block
+
+    return positive_block(x, x, c, c, 0, symmetric=True)
+
+
+def _mask_inputs(g):
+    x = _unit(g, _size(g, 6, 40), _size(g, 4, 16))
+    c = (x @ _unit(g, _size(g, 3, 8), x.shape[1]).T).amax(1)  # criteria of a random pool: realistic thresholds
+    return x, c
+
+
+def _mix_one_image(s: torch.Tensor, weights: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    from hpnb.positives import mix_codes
+
+    return mix_codes(s[None], weights[None], denom[None])[0]
+
+
+def _mix_inputs(g):
+    from hpnb.positives import window_index
+
+    h, w = _size(g, 3, 7), _size(g, 3, 7)
+    _, valid = window_index(h, w)
+    weights = torch.rand(h * w, 9, generator=g) * (torch.rand(h * w, 9, generator=g) > 0.4) * valid
+    return torch.randn(_size(g, 2, 12), h, w, generator=g), weights, valid.sum(-1).float()
+
+
+def _lhp_weights(attn: torch.Tensor, grid: tuple[int, int], sigma: float) -> torch.Tensor:
+    from hpnb.positives import attention_to_lhp
+
+    return attention_to_lhp(attn[None], grid, "code", sigma)[0][0]
+
+
+def _lhp_inputs(g):
+    h, w = _size(g, 3, 7), _size(g, 3, 7)
+    n = h * w
+    return torch.randn(1 + n, 1 + n, generator=g) * 2, (h, w), float(_size(g, 5, 40))
+
+
+def _hungarian(conf: np.ndarray) -> np.ndarray:
+    from hpnb.metrics import hungarian_match
+
+    return hungarian_match(conf)
+
+
+def _hungarian_inputs(g):
+    n = _size(g, 3, 8)
+    conf = torch.randint(0, 1000, (n, n), generator=g)
+    conf[: n // 2 + 1, int(torch.randint(n, (1,), generator=g))] += 2000  # a popular class: the row argmaxes collide
+    return (conf.numpy(),)
+
+
+def _compare_matching(found, expected, inputs) -> str | None:
+    """A one-to-one map that matches as many pixels as the optimum (ties allow several right answers)."""
+    (conf,) = inputs
+    found = np.asarray(found)
+    if found.shape != expected.shape:
+        return f"expected a mapping of shape {expected.shape} (one class per cluster), found shape {found.shape}"
+    if not np.issubdtype(found.dtype, np.integer):
+        return f"expected integer class indices, found dtype {found.dtype}"
+    if sorted(found.tolist()) != sorted(expected.tolist()):
+        return f"expected a one-to-one map (each class used once), found {found.tolist()}"
+    got, best = conf[np.arange(len(conf)), found].sum(), conf[np.arange(len(conf)), expected].sum()
+    if got != best:
+        return f"expected {best} matched pixels (the optimum), found {got} with mapping {found.tolist()}"
+    return None
+
+
+def _acc_miou(conf: np.ndarray) -> tuple[float, float]:
+    from hpnb.metrics import scores
+
+    s = scores(conf)
+    return s.acc, s.miou
+
+
+def _acc_miou_inputs(g):
+    n = _size(g, 2, 8)
+    return ((torch.randint(0, 500, (n, n), generator=g) + 2000 * torch.eye(n, dtype=torch.long)).numpy(),)
+
+
+def _lambda(t: int, total: int, warmup: int) -> float:
+    from hpnb.losses import lambda_schedule
+
+    return lambda_schedule(t, total, warmup)
+
+
+def _lambda_compare(found, expected, inputs) -> str | None:
+    """λ at every step of a short run, so the warm-up's edge and the last step are both tried."""
+    _, total, warmup = inputs
+    user = found  # the student's function itself (Exercise.calls is False)
+    for t in range(total + 1):
+        want = _lambda(t, total, warmup)
+        try:
+            got = float(user(t, total, warmup))
+        except NotImplementedError:
+            raise  # `check` says "not implemented yet"
+        except Exception as err:  # noqa: BLE001  (a student's error is reported, not raised)
+            return f"raised {type(err).__name__}: {err} at t={t}"
+        if not np.isclose(got, want, atol=1e-9):
+            return f"at t={t} (total={total}, warm-up={warmup}) expected λ = {want:.4f}, found {got:.4f}"
+    return None
+
+
+def _ema(ema: torch.Tensor, theta: torch.Tensor, m: float) -> torch.Tensor:
+    return m * ema + (1 - m) * theta
+
+
+def _ema_inputs(g):
+    shape = (_size(g, 2, 6), _size(g, 2, 6))
+    return torch.randn(*shape, generator=g), torch.randn(*shape, generator=g), float(torch.rand(1, generator=g)) * 0.98
+
+
+def _cluster_predict(codes: torch.Tensor, centroids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Cluster id of every pixel: the centroid nearest in cosine to the bilinearly upsampled code."""
+    from hpnb.evaluate import cluster_scores
+
+    return cluster_scores(codes[None], F.normalize(centroids, dim=1), size)[0].argmax(0)
+
+
+def _cluster_predict_inputs(g):
+    h, w, k = _size(g, 3, 6), _size(g, 3, 6), _size(g, 4, 16)
+    return torch.randn(k, h, w, generator=g), torch.randn(_size(g, 2, 6), k, generator=g), (4 * h + 1, 4 * w + 3)
+
+
+def _one_sided_mask(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    from hpnb.positives import positive_block
+
+    return positive_block(x, x, c, c, 0, symmetric=False)
+
+
+def _seed_spread(values: list[float]) -> tuple[float, float]:
+    import statistics
+
+    return statistics.mean(values), statistics.stdev(values)
+
+
+def _seed_spread_inputs(g):
+    return ([float(v) for v in 50 + 5 * torch.randn(_size(g, 2, 5), generator=g)],)
+
+
+EXERCISES: dict[str, Exercise] = {
+    e.name: e
+    for e in [
+        Exercise(
+            "cosine_map",
+            "01",
+            "cosine similarity of one patch to every patch",
+            _cosine_map,
+            _cosine_inputs,
+            "a dot product without L2 normalisation; normalising over the wrong dimension; (x, y) swapped",
+        ),
+        Exercise(
+            "hungarian",
+            "01",
+            "Hungarian matching of clusters to classes",
+            _hungarian,
+            _hungarian_inputs,
+            "each cluster mapped to its most frequent class (two clusters may then share a class); the assignment "
+            "of the transposed matrix (class -> cluster); minimising instead of maximising",
+            compare=_compare_matching,
+        ),
+        Exercise(
+            "criterion",
+            "02",
+            "Eq. 2, c_i = max_m sim(q_m, x_i)",
+            _criterion,
+            _criterion_inputs,
+            "the mean instead of the max over the pool; the max over the anchors instead of the pool (a shape error)",
+        ),
+        Exercise(
+            "symmetric_mask",
+            "02",
+            "Eq. 3, P_i = {j ≠ i : sim_ij > c_i or sim_ij > c_j}",
+            _symmetric_mask,
+            _mask_inputs,
+            "the one-sided criterion (missing sim_ij > c_j); the anchor left in its own set; a float mask instead of a bool one",
+        ),
+        Exercise(
+            "lhp_weights",
+            "03",
+            "the code form's LHP weights, Eq. 7-8 (clip, softmax, ×σ, keep ≥ mean, 3×3 window)",
+            _lhp_weights,
+            _lhp_inputs,
+            "the CLS token left in; no percentile clip; query and key swapped; windows that wrap around the grid's edge",
+        ),
+        Exercise(
+            "mix_codes",
+            "03",
+            "Eq. 9 in the code form, s_mix_i = (1/denom_i) Σ_k w_ik s_window(i,k), for one image",
+            _mix_one_image,
+            _mix_inputs,
+            "no division by the denominator; neighbours read from the mirrored offset (−dy, −dx)",
+        ),
+        Exercise(
+            "lambda_schedule",
+            "04",
+            "λ of Eq. 11: 0 during the warm-up, then linear to 1",
+            _lambda,
+            lambda g: (0, _size(g, 10, 60), _size(g, 1, 8)),
+            "the ramp one step ahead (t − warm-up + 1, an off-by-one); a ramp over the whole run",
+            compare=_lambda_compare,
+            calls=False,
+        ),
+        Exercise(
+            "ema_update",
+            "04",
+            "the momentum head, θ' ← m θ' + (1 − m) θ",
+            _ema,
+            _ema_inputs,
+            "m and 1 − m swapped (the momentum head then follows S almost at once)",
+        ),
+        Exercise(
+            "acc_miou",
+            "05",
+            "pixel accuracy and mIoU (%) from a matched (predicted, ground-truth) confusion",
+            _acc_miou,
+            _acc_miou_inputs,
+            "IoU = TP / (TP + FP) (the FN term forgotten); fractions instead of %",
+            atol=1e-6,
+        ),
+        Exercise(
+            "cluster_predict",
+            "05",
+            "the cluster probe's prediction, argmax_c cos(up(s), μ_c)",
+            _cluster_predict,
+            _cluster_predict_inputs,
+            "centroids not normalised (a larger centroid wins); the argmax over the wrong dimension; nearest-"
+            "neighbour instead of bilinear upsampling",
+        ),
+        Exercise(
+            "one_sided_mask",
+            "06",
+            "Table 4(e), the one-sided GHP set {j ≠ i : sim_ij > c_i}",
+            _one_sided_mask,
+            _mask_inputs,
+            "the symmetric term kept; c_j used instead of c_i (the transpose); the anchor left in its own set",
+        ),
+        Exercise(
+            "seed_spread",
+            "06",
+            "mean ± std over seeds (the sample std, n − 1)",
+            _seed_spread,
+            _seed_spread_inputs,
+            "the population std (n instead of n − 1: too small a spread for 3 seeds)",
+        ),
+    ]
+}
+
+
+def reference(name: str) -> Callable:
+    """hpnb's answer to an exercise (same signature as the student's function): use it to go on when stuck."""
+    return _exercise(name).reference
+
+
+def _exercise(name: str) -> Exercise:
+    if name not in EXERCISES:
+        raise KeyError(f"no exercise {name!r}; the exercises are: {', '.join(EXERCISES)}")
+    return EXERCISES[name]
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor | np.ndarray):
+        return f"{type(value).__name__} {tuple(value.shape)} {value.dtype}"
+    if isinstance(value, tuple | list):
+        return f"{type(value).__name__} of {len(value)}"
+    return type(value).__name__
+
+
+def difference(found, expected, atol: float = 1e-5, rtol: float = 1e-5) -> str | None:
+    """None when `found` equals `expected` (tensors, arrays, numbers, tuples of them) within atol/rtol, else what
+    differs: the type, the shape, the dtype kind (bool vs number), or the first differing entry and how many differ."""
+    if isinstance(expected, tuple | list):
+        if not isinstance(found, tuple | list) or len(found) != len(expected):
+            return f"expected {_describe(expected)}, found {_describe(found)}"
+        for k, (f, e) in enumerate(zip(found, expected, strict=True)):
+            msg = difference(f, e, atol, rtol)
+            if msg:
+                return f"item {k}: {msg}"
+        return None
+    if isinstance(expected, int | float):
+        try:
+            got = float(found)
+        except (TypeError, ValueError):
+            return f"expected a number, found {_describe(found)}"
+        return None if np.isclose(got, expected, atol=atol, rtol=rtol) else f"expected {expected:.6g}, found {got:.6g}"
+    exp = expected.detach().cpu().numpy() if isinstance(expected, torch.Tensor) else np.asarray(expected)
+    if not isinstance(found, torch.Tensor | np.ndarray):
+        return f"expected {_describe(expected)}, found {_describe(found)}"
+    got = found.detach().cpu().numpy() if isinstance(found, torch.Tensor) else found
+    if got.shape != exp.shape:
+        return f"expected shape {exp.shape}, found shape {got.shape}"
+    if (exp.dtype == bool) != (got.dtype == bool):
+        return f"expected dtype {expected.dtype}, found dtype {found.dtype}"
+    if exp.dtype == bool:
+        bad = got != exp
+    else:
+        got, exp_f = got.astype(np.float64), exp.astype(np.float64)
+        bad = ~np.isclose(got, exp_f, atol=atol, rtol=rtol, equal_nan=True)
+    if not bad.any():
+        return None
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    return (
+        f"at index {first} expected {_value(exp[first])}, found {_value(got[first])} "
+        f"({int(bad.sum())} of {bad.size} entries differ)"
+    )
+
+
+def _value(v) -> str:
+    v = v.item() if hasattr(v, "item") else v
+    return f"{v:.6g}" if isinstance(v, float) else repr(v)
+
+
+def _shapes(args: tuple) -> str:
+    return ", ".join(_describe(a) if isinstance(a, torch.Tensor | np.ndarray) else repr(a) for a in args)
+
+
+def check(name: str, fn: Callable, trials: int = 3, seed: int = 0) -> None:
+    """Run `fn` and hpnb's reference on `trials` fresh random inputs and print [PASS], or [FAIL] with what differs.
+
+    Never raises: a function that is not written yet (NotImplementedError) or that fails is reported as [FAIL].
+    Returns nothing, so a notebook cell shows only the printed line (`passes` returns the verdict)."""
+    passes(name, fn, trials, seed, verbose=True)
+
+
+def passes(name: str, fn: Callable, trials: int = 3, seed: int = 0, verbose: bool = False) -> bool:
+    """The verdict of `check` (True: [PASS]); prints the same lines when `verbose`."""
+    ex = _exercise(name)
+    gen = torch.Generator().manual_seed(seed)
+    say = print if verbose else (lambda *a: None)
+    for trial in range(trials):
+        inputs = ex.inputs(gen)
+        expected = ex.reference(*inputs)
+        compare = ex.compare or (lambda f, e, _: difference(f, e, ex.atol))
+        try:
+            found = fn(*inputs) if ex.calls else fn
+            msg = compare(found, expected, inputs)
+        except NotImplementedError:
+            say(f"[FAIL] {name}: not implemented yet. Write your answer where the cell raises NotImplementedError, or")
+            say(f'       go on with hpnb\'s: {getattr(fn, "__name__", name)} = hpnb.check.reference("{name}")')
+            return False
+        except Exception as err:  # noqa: BLE001  (a student's error is reported, not raised)
+            say(f"[FAIL] {name} ({ex.idea}): raised {type(err).__name__}: {err}")
+            say(f"       on inputs {_shapes(inputs)}")
+            return False
+        if msg:
+            say(f"[FAIL] {name} ({ex.idea}), case {trial + 1} of {trials}:")
+            say(f"       inputs {_shapes(inputs)}")
+            say(f"       {msg}")
+            return False
+    say(f"[PASS] {name} ({ex.idea}): {trials} random cases")
+    return True

@@ -1,0 +1,253 @@
+"""Exercises (`hpnb.check`): every solution in the notebooks passes its check; the check fails on the student stub,
+on plausible wrong answers, and says what differs; the student edition (`tools/student.py`) strips exactly the
+solutions."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hpnb
+from hpnb.check import EXERCISES, check, difference, passes, reference
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import student  # noqa: E402
+
+
+def exercise_cells() -> list[tuple[str, dict]]:
+    """(notebook prefix, cell) of every exercise cell of the series."""
+    out = []
+    for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+        nb = json.loads(path.read_text())
+        out += [(path.name[:2], c) for c in nb["cells"] if "exercise" in c.get("metadata", {}).get("tags", [])]
+    return out
+
+
+def run_cell(source: str) -> str:
+    """Execute one exercise cell alone (it needs only the notebook's usual imports); return what it printed."""
+    namespace = {"hpnb": hpnb, "torch": torch, "F": F, "np": np}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(source, "<exercise>", "exec"), namespace)
+    return out.getvalue()
+
+
+def checked_name(source: str) -> str:
+    return source.split('hpnb.check.check("', 1)[1].split('"', 1)[0]
+
+
+def test_every_exercise_is_in_its_notebook_once_and_notebooks_from_01_have_two_to_four():
+    cells = exercise_cells()
+    names = [(nb, checked_name("".join(c["source"]))) for nb, c in cells]
+    assert sorted(n for _, n in names) == sorted(EXERCISES), "each exercise of hpnb.check appears exactly once"
+    for nb, name in names:
+        assert EXERCISES[name].notebook == nb, (
+            f"{name} is listed for notebook {EXERCISES[name].notebook}, found in {nb}"
+        )
+    per_notebook = {nb: sum(1 for n, _ in names if n == nb) for nb in ("01", "02", "03", "04", "05", "06")}
+    assert all(2 <= k <= 4 for k in per_notebook.values()), per_notebook
+
+
+@pytest.mark.parametrize("cell", [c for _, c in exercise_cells()], ids=lambda c: checked_name("".join(c["source"])))
+def test_solution_passes_and_student_stub_fails_with_a_helpful_line(cell):
+    source = "".join(cell["source"])
+    name = checked_name(source)
+    assert "[PASS]" in run_cell(source) and "[FAIL]" not in run_cell(source)
+    stub = student.strip_solution(source)
+    assert "BEGIN SOLUTION" not in stub and "raise NotImplementedError" in stub
+    printed = run_cell(stub)  # the check catches the NotImplementedError: the cell itself does not raise
+    fn = source.split("def ", 1)[1].split("(", 1)[0]  # the student's function name
+    assert f"[FAIL] {name}: not implemented yet" in printed
+    assert f'{fn} = hpnb.check.reference("{name}")' in printed  # the line to go on with
+
+
+def _sym_no_diag(x, c):
+    sim = x @ x.T
+    return (sim > c[:, None]) | (sim > c[None, :])
+
+
+OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+
+
+def _lhp(attn, grid, sigma, clip=True, wrap=False):
+    """A loop version of the code-form LHP weights with switchable mistakes."""
+    h, w = grid
+    s = attn[1:, 1:].float()
+    if clip:
+        s = s.clamp(s.quantile(0.1, dim=-1, keepdim=True), s.quantile(0.9, dim=-1, keepdim=True))
+    t = torch.softmax(s, dim=-1) * sigma
+    out = torch.zeros(h * w, 9)
+    for i in range(h * w):
+        y, x = divmod(i, w)
+        for k, (dy, dx) in enumerate(OFFSETS):
+            inside = 0 <= y + dy < h and 0 <= x + dx < w
+            if inside or wrap:
+                j = ((y + dy) % h) * w + (x + dx) % w
+                out[i, k] = t[i, j] if t[i, j] >= t[i].mean() else 0.0
+    return out
+
+
+def _mix(s, weights, denom, sign=1):
+    """A loop version of Eq. 9 for one image with switchable mistakes."""
+    _, h, w = s.shape
+    out = torch.zeros_like(s)
+    for i in range(h * w):
+        y, x = divmod(i, w)
+        for k, (dy, dx) in enumerate(OFFSETS):
+            yy, xx = y + sign * dy, x + sign * dx
+            if 0 <= yy < h and 0 <= xx < w:
+                out[:, y, x] += weights[i, k] / denom[i] * s[:, yy, xx]
+    return out
+
+
+def _hungarian_transposed(conf):
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(conf.T, maximize=True)  # class -> cluster, read as cluster -> class
+    mapping = np.empty(len(conf), dtype=np.int64)
+    mapping[rows] = cols
+    return mapping
+
+
+def _hungarian_minimised(conf):
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(conf)
+    mapping = np.empty(len(conf), dtype=np.int64)
+    mapping[rows] = cols
+    return mapping
+
+
+def _up(s, size, mode="bilinear"):
+    kw = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(s[None], size=size, mode=mode, **kw)[0]
+
+
+def _one_sided_with_anchor(x, c):
+    return x @ x.T > c[:, None]
+
+
+WRONG = {  # the mistakes each exercise's `catches` names, one function each: every one must fail its check
+    "cosine_map": [
+        lambda f, a: torch.einsum("c,chw->hw", f[:, a[0], a[1]], f),  # no normalisation
+        lambda f, a: torch.einsum("c,chw->hw", F.normalize(f, dim=1)[:, a[0], a[1]], F.normalize(f, dim=1)),  # dim
+        lambda f, a: torch.einsum("c,chw->hw", F.normalize(f, dim=0)[:, a[1], a[0]], F.normalize(f, dim=0)),  # x/y
+    ],
+    "hungarian": [lambda conf: conf.argmax(1), _hungarian_transposed, _hungarian_minimised],
+    "criterion": [lambda x, p: (x @ p.T).mean(1), lambda x, p: (x @ p.T).amax(0)],
+    "symmetric_mask": [
+        lambda x, c: (x @ x.T > c[:, None]) & ~torch.eye(len(x), dtype=torch.bool),  # one-sided
+        _sym_no_diag,  # the anchor kept
+        lambda x, c: reference("symmetric_mask")(x, c).float(),  # a float mask
+    ],
+    "lhp_weights": [
+        lambda a, g, s: _lhp(a.roll(1, (0, 1)), g, s),  # the CLS token left in (the last patch dropped instead)
+        lambda a, g, s: _lhp(a, g, s, clip=False),  # no percentile clip
+        lambda a, g, s: _lhp(a.T, g, s),  # query and key swapped
+        lambda a, g, s: _lhp(a, g, s, wrap=True),  # windows wrap around the edge
+    ],
+    "mix_codes": [
+        lambda s, w, d: _mix(s, w, torch.ones_like(d)),  # no division
+        lambda s, w, d: _mix(s, w, d, sign=-1),  # the mirrored offset
+    ],
+    "lambda_schedule": [
+        lambda t, T, w: 0.0 if t <= w else min(1.0, (t - w + 1) / (T - w)),  # off by one
+        lambda t, T, w: t / T,  # a ramp over the whole run
+    ],
+    "ema_update": [lambda e, t, m: (1 - m) * e + m * t],
+    "acc_miou": [
+        lambda c: (100 * np.trace(c) / c.sum(), 100 * np.mean(np.diag(c) / c.sum(1))),  # no FN term
+        lambda c: (np.trace(c) / c.sum(), np.mean(np.diag(c) / (c.sum(0) + c.sum(1) - np.diag(c)))),  # fractions
+    ],
+    "cluster_predict": [
+        lambda s, c, size: torch.einsum("khw,nk->nhw", _up(s, size), c).argmax(0),  # centroids not normalised
+        lambda s, c, size: torch.einsum("khw,nk->nhw", F.normalize(_up(s, size), dim=0), F.normalize(c, dim=1)).argmax(
+            1
+        ),  # the argmax over the wrong dimension
+        lambda s, c, size: torch.einsum(  # nearest instead of bilinear
+            "khw,nk->nhw", F.normalize(_up(s, size, "nearest"), dim=0), F.normalize(c, dim=1)
+        ).argmax(0),
+    ],
+    "one_sided_mask": [
+        lambda x, c: reference("symmetric_mask")(x, c),  # the symmetric term kept
+        lambda x, c: reference("one_sided_mask")(x, c).T,  # c_j instead of c_i
+        _one_sided_with_anchor,  # the anchor left in
+    ],
+    "seed_spread": [lambda v: (statistics.mean(v), statistics.pstdev(v))],
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_the_check_fails_on_plausible_wrong_answers(name, capsys):
+    assert WRONG.get(name), f"no wrong answer tried for {name}"
+    for wrong in WRONG[name]:
+        assert not passes(name, wrong, verbose=True), f"{name}: a wrong answer passed"
+        out = capsys.readouterr().out
+        assert out.startswith(f"[FAIL] {name}") and ("expected" in out or "raised" in out), out
+
+
+def test_difference_names_shape_dtype_and_first_differing_entry():
+    a = torch.zeros(3, 4)
+    assert difference(a.clone(), a) is None
+    assert "expected shape (3, 4), found shape (4, 3)" in difference(a.T, a)
+    assert "dtype" in difference(a.bool(), a)
+    b = a.clone()
+    b[1, 2] = 5
+    assert difference(b, a) == "at index (1, 2) expected 0, found 5 (1 of 12 entries differ)"
+    assert "expected Tensor (3, 4) torch.float32, found list" in difference([0.0] * 12, a)
+    assert difference((1.0, a), (1.0 + 1e-9, a)) is None and "item 0" in difference((2.0, a), (1.0, a))
+
+
+def test_a_function_that_raises_is_reported_not_raised(capsys):
+    assert check("criterion", lambda x, pool: x @ pool) is None  # a shape error: reported, not raised
+    out = capsys.readouterr().out
+    assert "[FAIL] criterion" in out and "raised RuntimeError" in out and "on inputs Tensor" in out
+    with pytest.raises(KeyError, match="the exercises are: cosine_map"):
+        check("no-such-exercise", print)
+    assert passes("criterion", reference("criterion")) and not passes("criterion", lambda x, pool: x @ pool)
+
+
+def test_student_edition_strips_solutions_and_their_outputs_and_keeps_every_other_cell(tmp_path):
+    written = student.build(ROOT / "notebooks", tmp_path)
+    assert sorted(p.name for p in written) == sorted(p.name for p in (ROOT / "notebooks").glob("0*.ipynb"))
+    for path in written:
+        src = json.loads((ROOT / "notebooks" / path.name).read_text())
+        out = json.loads(path.read_text())
+        assert len(src["cells"]) == len(out["cells"])
+        for a, b in zip(src["cells"], out["cells"], strict=True):
+            if "exercise" in a.get("metadata", {}).get("tags", []):
+                assert b["outputs"] == [] and b["execution_count"] is None
+                assert "END SOLUTION" not in "".join(b["source"]) and "NotImplementedError" in "".join(b["source"])
+            else:
+                assert a == b, f"{path.name}: a cell that is not an exercise changed"
+
+
+def test_no_cell_after_an_exercise_uses_the_students_function():
+    """A stuck student goes on: the rest of the notebook never calls what the exercise asked for (it uses hpnb)."""
+    import re
+
+    for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        for k, cell in enumerate(cells):
+            if "exercise" not in cell.get("metadata", {}).get("tags", []):
+                continue
+            fn = "".join(cell["source"]).split("def ", 1)[1].split("(", 1)[0]
+            later = ["".join(c["source"]) for c in cells[k + 1 :] if c["cell_type"] == "code"]
+            users = [s[:60] for s in later if re.search(rf"\b{fn}\b", s)]
+            assert not users, f"{path.name}: cells after the exercise use {fn}: {users}"
+
+
+def test_the_instructors_guide_lists_every_exercise_with_what_its_check_catches():
+    guide = (ROOT / "docs" / "workshop.md").read_text()
+    for ex in EXERCISES.values():
+        assert f"| {ex.notebook} | `{ex.name}` |" in guide and ex.catches in guide, f"docs/workshop.md: {ex.name}"
