@@ -17,7 +17,7 @@ CRF_FAILED := note: the optional dense CRF (pydensecrf2) did not build (it needs
 CRF_SKIPPED := note: CRF=$(CRF), so the optional dense CRF (pydensecrf2) is not installed; CRF steps are skipped. \
   $(CRF_LATER)
 
-.PHONY: setup demo test lint format lab student wheelhouse clean-cache
+.PHONY: setup demo test lint format lab student wheelhouse browser-test clean-cache
 
 $(STAMP): requirements.txt requirements-crf.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,7 +54,12 @@ format: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q -m "not after_notebooks" tests
 	$(PY) -m pytest -q $(NBVAL) notebooks
-	$(PY) -m pytest -q -m after_notebooks tests
+	$(PY) -m pytest -q -rs -m after_notebooks tests
+
+# browser-test: every notebook with widgets in JupyterLab, in headless Chromium (Playwright); needs `apt-get install
+# chromium`. `make test` runs it too when Chromium is there, and says in one line how to get it when it is not.
+browser-test: $(STAMP)
+	$(PY) -m pytest -q -rs -m browser tests/test_browser.py
 
 # student: the student edition of the notebooks (solutions of the exercises stubbed, their outputs cleared)
 student:

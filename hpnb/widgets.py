@@ -67,15 +67,31 @@ def ghp_stats(fs: FeatureSet, pool_size: int = 64, n_images: int = 16, seed: int
     }
 
 
-def contrast_stats(
-    fs: FeatureSet, tau: float = 0.6, rho: float = 0.05, pool_size: int = 64, n_images: int = 16, seed: int = 0
-) -> dict:
-    """With backbone features standing in for z: mean probability mass on the GHP under τ, and the size of the
-    denominator (P_ag ∪ a ρ-sample), for the code form's shared denominator."""
+def contrast_setup(fs: FeatureSet, pool_size: int = 64, n_images: int = 16, seed: int = 0) -> dict:
+    """What τ and ρ do not change, computed once: the anchors x, their GHP sets (Eq. 2–3, Q_ag from other images) and
+    the random generator's state after drawing the pool (the ρ-sample continues from it)."""
     x, _ = _flat(fs, n_images)
     gen = torch.Generator().manual_seed(seed)
     c = criteria(x, anchor_pool(fs, pool_size, n_images, gen))
-    pos = positive_block(x, x, c, c, 0)
+    return {"x": x, "pos": positive_block(x, x, c, c, 0), "state": gen.get_state(), "seed": seed}
+
+
+def contrast_stats(
+    fs: FeatureSet,
+    tau: float = 0.6,
+    rho: float = 0.05,
+    pool_size: int = 64,
+    n_images: int = 16,
+    seed: int = 0,
+    setup: dict | None = None,
+) -> dict:
+    """With backbone features standing in for z: mean probability mass on the GHP under τ, and the size of the
+    denominator (P_ag ∪ a ρ-sample), for the code form's shared denominator. `setup` (`contrast_setup`) skips
+    recomputing what τ and ρ do not change."""
+    setup = setup or contrast_setup(fs, pool_size, n_images, seed)
+    x, pos = setup["x"], setup["pos"]
+    gen = torch.Generator()
+    gen.set_state(setup["state"])
     eye = torch.eye(len(x), dtype=torch.bool)
     denom = (pos | (torch.rand(len(x), len(x), generator=gen) < rho)) & ~eye
     logits = (x @ x.T / tau).masked_fill(~denom, float("-inf"))
@@ -89,31 +105,184 @@ def contrast_stats(
     }
 
 
+def ghp_examples(
+    fs: FeatureSet, pool_size: int = 64, n_images: int = 16, n_anchors: int = 3, seed: int = 0
+) -> list[dict]:
+    """Fig. 5 on cached features: for `n_anchors` anchors of different classes (one per anchor image, the first
+    images), the criterion c_i (Eq. 2), the anchor's GHP set P_i (Eq. 3, over all patches of the anchor images) and
+    its purity. Each: image, (row, col), c_i, positives (flat patch indices over the anchor images), purity."""
+    x, lab = _flat(fs, n_images)
+    pool = anchor_pool(fs, pool_size, n_images, torch.Generator().manual_seed(seed))
+    c = criteria(x, pool)
+    h, w = fs.grid
+    n = h * w
+    out, used = [], set()
+    for image in range(n_images):
+        if len(out) == n_anchors:
+            break
+        labels = lab[image * n : (image + 1) * n]
+        classes = [int(k) for k in labels.unique() if k >= 0 and int(k) not in used]
+        if not classes:
+            continue
+        k = max(classes, key=lambda k: int((labels == k).sum()))  # the image's largest class not shown yet
+        i = image * n + int((labels == k).nonzero()[len((labels == k).nonzero()) // 2])  # a patch in its middle
+        pos = positive_block(x[i : i + 1], x, c[i : i + 1], c, i)[0]
+        same = (lab[pos] == lab[i]) & (lab[pos] >= 0)
+        labelled = (lab[pos] >= 0).sum().clamp_min(1)
+        used.add(k)
+        out.append(
+            {
+                "image": image,
+                "cell": divmod(i - image * n, w),
+                "criterion": float(c[i]),
+                "positives": pos.nonzero()[:, 0],
+                "purity": float(same.sum() / labelled),
+            }
+        )
+    return out
+
+
+def _outline(ax, cell: tuple[int, int], p: int, colour: str, lw: float = 1.5) -> None:
+    from matplotlib.patches import Rectangle
+
+    ax.add_patch(Rectangle((cell[1] * p - 0.5, cell[0] * p - 0.5), p, p, fill=False, edgecolor=colour, lw=lw))
+
+
+def pool_size_figure(fs: FeatureSet, curve: list[dict], examples: list[dict], pool_size: int, n_images: int = 16):
+    """What moving M does: each example anchor's image with the anchor (red) and its GHP in that image (yellow), with
+    |P_i| and purity; beside them |P_i| and purity against M, the current M marked."""
+    import matplotlib.pyplot as plt
+
+    h, w = fs.grid
+    p = fs.images.shape[1] // h
+    fig, axes = plt.subplots(1, len(examples) + 1, figsize=(3.0 * len(examples) + 4.2, 3.2), dpi=100)
+    for ax, ex in zip(axes, examples, strict=False):
+        ax.imshow(fs.images[ex["image"]].numpy())
+        local = ex["positives"][(ex["positives"] // (h * w)) == ex["image"]] - ex["image"] * h * w
+        for j in local.tolist():
+            _outline(ax, divmod(j, w), p, "yellow", 1.0)
+        _outline(ax, ex["cell"], p, "red", 2.0)
+        other = len(ex["positives"]) - len(local)
+        ax.set_title(
+            f"c_i = {ex['criterion']:.2f}: |P_i| = {len(ex['positives'])}\n"
+            f"{other} in other images, purity {100 * ex['purity']:.0f} %",
+            fontsize=9,
+        )
+        ax.axis("off")
+    ax = axes[-1]
+    ms = [r["M"] for r in curve]
+    ax.plot(ms, [r["mean_positives"] for r in curve], "o-", color="tab:blue")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("pool size M")
+    ax.set_ylabel("mean |P_i| per anchor", color="tab:blue")
+    ax.axvline(pool_size, color="red", lw=1)
+    twin = ax.twinx()
+    twin.plot(ms, [100 * r["purity"] for r in curve], "s--", color="tab:green")
+    twin.set_ylabel("purity (%)", color="tab:green")
+    ax.set_title(f"M = {pool_size} (red line)", fontsize=9)
+    fig.suptitle("GHP of three anchors (red) in their own image (yellow), Eq. 2–3", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def anchor_softmax(
+    fs: FeatureSet,
+    tau: float = 0.6,
+    rho: float = 0.05,
+    pool_size: int = 64,
+    n_images: int = 16,
+    seed: int = 0,
+    setup: dict | None = None,
+) -> dict:
+    """One anchor's contrastive softmax under τ and ρ (features standing in for z, the code form's denominator
+    P_ag ∪ a ρ-sample): its denominator's weights sorted, which are positives, and the probability on positives."""
+    setup = setup or contrast_setup(fs, pool_size, n_images, seed)
+    x = setup["x"]
+    i = len(x) // 2  # a fixed anchor, in the middle of the anchor images
+    pos = setup["pos"][i]
+    denom = pos | (torch.rand(len(x), generator=torch.Generator().manual_seed(setup["seed"] + 1)) < rho)
+    denom[i] = False
+    weights = torch.softmax((x[denom] @ x[i]) / tau, dim=0)
+    order = weights.argsort(descending=True)
+    return {
+        "tau": tau,
+        "rho": rho,
+        "weights": weights[order],
+        "positive": pos[denom][order],
+        "mass_on_positives": float(weights[pos[denom]].sum()),
+    }
+
+
+def temperature_figure(one: dict, curve: list[dict] | None = None, shown: int = 60):
+    """The softmax weights of one anchor's denominator, sorted (positives green, random negatives grey), with the
+    probability on its positives; beside it, that probability against τ with the current τ marked."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2 if curve else 1, figsize=(10 if curve else 6, 3.0), dpi=100, squeeze=False)
+    ax = axes[0, 0]
+    wts, pos = one["weights"][:shown].numpy(), one["positive"][:shown].numpy()
+    ax.bar(range(len(wts)), wts, color=["tab:green" if q else "0.6" for q in pos])
+    ax.set_xlabel(f"denominator entries, by weight (first {len(wts)} of {len(one['weights'])})")
+    ax.set_ylabel("softmax weight")
+    ax.set_title(
+        f"τ = {one['tau']:.2f}, ρ = {one['rho']:.2f}: {100 * one['mass_on_positives']:.0f} % on the positives (green)",
+        fontsize=9,
+    )
+    if curve:
+        ax = axes[0, 1]
+        ax.plot([r["tau"] for r in curve], [100 * r["mass_on_positives"] for r in curve], "o-")
+        ax.axvline(one["tau"], color="red", lw=1)
+        ax.set_xlabel("temperature τ")
+        ax.set_ylabel("probability on positives (%)")
+        ax.set_title(f"this anchor, ρ = {one['rho']:.2f} (red: current τ)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 @dataclass
 class Explorer:
-    """A slider, an output area, the function it recomputes and the last values it showed."""
+    """Sliders, an output area, the function it recomputes, the figure it draws and the last values it showed."""
 
     compute: callable
+    draw: callable = None  # stats -> matplotlib figure (None: a one-row table)
     widget: object = None
     last: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
+    seconds: list = field(default_factory=list)  # wall time of each redraw (compute + draw)
+    picture: object = None  # the last figure as rendered, an RGBA array (tests compare redraws with it)
 
     def update(self, **values) -> dict:
-        """Recompute for the given slider values (what a slider move calls); returns and keeps the stats."""
+        """Recompute for the given slider values (what a slider move calls), redraw; returns and keeps the stats."""
+        import time
+
+        start = time.perf_counter()
         self.last = self.compute(**values)
         self.history.append(self.last)
+        fig = self.draw(self.last) if self.draw is not None else None
         if self.widget is not None:
             out = self.widget.children[-1]
             out.clear_output(wait=True)
             with out:
-                print(stats_table([self.last]))
+                if fig is not None:
+                    from IPython.display import display
+
+                    display(fig)
+                else:
+                    print(stats_table([self.last]))
+        if fig is not None:
+            import matplotlib.pyplot as plt
+
+            fig.canvas.draw()  # render now, so the measured time includes drawing
+            self.picture = np.asarray(fig.canvas.buffer_rgba()).copy()
+            plt.close(fig)
+        self.seconds.append(time.perf_counter() - start)
         return self.last
 
 
-def _explorer(compute, sliders: dict) -> Explorer:
+def _explorer(compute, sliders: dict, draw=None) -> Explorer:
     import ipywidgets as W
 
-    exp = Explorer(compute=compute)
+    exp = Explorer(compute=compute, draw=draw)
     out = W.Output()
     exp.widget = W.VBox([*sliders.values(), out])
 
@@ -137,7 +306,15 @@ def explore_pool_size(fs: FeatureSet, values=(4, 8, 16, 32, 64, 128, 256), n_ima
     slider = W.SelectionSlider(
         options=values, value=64 if 64 in values else values[len(values) // 2], description="M", continuous_update=False
     )
-    return _explorer(lambda pool_size: ghp_stats(fs, pool_size, n_images), {"pool_size": slider})
+    curve = [ghp_stats(fs, m, n_images) for m in values]  # once: the curves the figure marks the current M on
+
+    def compute(pool_size):
+        return {**ghp_stats(fs, pool_size, n_images), "examples": ghp_examples(fs, pool_size, n_images)}
+
+    def draw(stats):
+        return pool_size_figure(fs, curve, stats["examples"], stats["M"], n_images)
+
+    return _explorer(compute, {"pool_size": slider}, draw)
 
 
 def explore_temperature(fs: FeatureSet, n_images: int = 16, pool_size: int = 64) -> Explorer:
@@ -148,7 +325,18 @@ def explore_temperature(fs: FeatureSet, n_images: int = 16, pool_size: int = 64)
     pool_size = min(pool_size, len(fs) - n_images)
     tau = W.FloatSlider(value=0.6, min=0.1, max=1.5, step=0.1, description="τ", continuous_update=False)
     rho = W.FloatSlider(value=0.05, min=0.0, max=1.0, step=0.05, description="ρ", continuous_update=False)
-    return _explorer(lambda tau, rho: contrast_stats(fs, tau, rho, pool_size, n_images), {"tau": tau, "rho": rho})
+    taus = [round(0.1 * k, 1) for k in range(1, 16)]
+
+    setup = contrast_setup(fs, pool_size, n_images)  # once: what τ and ρ do not change
+
+    def compute(tau, rho):
+        one = anchor_softmax(fs, tau, rho, setup=setup)
+        curve = [anchor_softmax(fs, t, rho, setup=setup) for t in taus]  # cheap: one anchor's row
+        return {**contrast_stats(fs, tau, rho, setup=setup), "anchor": one, "curve": curve}
+
+    return _explorer(
+        compute, {"tau": tau, "rho": rho}, lambda stats: temperature_figure(stats["anchor"], stats["curve"])
+    )
 
 
 def sweep(compute, name: str, values, seeds=None) -> list[dict]:

@@ -126,7 +126,9 @@ def _make_setup(tmp_path: Path, crf_builds: bool, *args: str) -> tuple[subproces
         "esac\n"
     )
     fake.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
+    # a parent `make test CRF=0` exports its command-line variables: the Makefile under test must not see them
+    makefile_vars = ("CRF", "PIP_FLAGS", "WHEELHOUSE", "VENV", "PYTHON")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS")) and k not in makefile_vars}
     out = subprocess.run(
         ["make", "--no-print-directory", "setup", f"VENV={venv}", *args],
         cwd=tmp_path,

@@ -68,17 +68,29 @@ def test_pool_size_widget_recomputes_when_the_slider_moves(tmp_cache):
     assert exp.last["M"] == 32 and exp.last != first
     assert exp.last["mean_positives"] < first["mean_positives"]  # a larger pool raises c_i: fewer positives
     assert exp.widget.children[0].continuous_update is False
+    assert len(exp.seconds) == 2 and exp.picture is not None  # each move redraws a figure
+    before = exp.picture
+    exp.widget.children[0].value = 4
+    assert exp.picture.shape == before.shape and (exp.picture != before).any(), "moving M must change the picture"
+    assert [len(e["positives"]) for e in exp.last["examples"]] != [len(e["positives"]) for e in first["examples"]]
 
 
 def test_temperature_widget_recomputes_when_the_sliders_move(tmp_cache):
+    import torch
+
     from hpnb.widgets import explore_temperature
 
     exp = explore_temperature(_toy_features(), n_images=8)
     base = dict(exp.last)
     exp.widget.children[0].value = 0.2  # τ
     assert exp.last["tau"] == 0.2 and exp.last["mass_on_positives"] > base["mass_on_positives"]
+    pic = exp.picture
     exp.widget.children[1].value = 0.5  # ρ
     assert exp.last["denominator_size"] > base["denominator_size"]
+    assert (exp.picture != pic).any(), "moving ρ must change the picture"
+    one = exp.last["anchor"]  # the anchor's softmax: sorted weights summing to 1, the positives' share among them
+    assert torch.all(one["weights"][:-1] >= one["weights"][1:]) and abs(float(one["weights"].sum()) - 1) < 1e-9
+    assert abs(one["mass_on_positives"] - float(one["weights"][one["positive"]].sum())) < 1e-9
 
 
 # what a cell calls when it loads CamVid images (a figure of numbers from results/camvid/ shows no pixels)
