@@ -30,8 +30,9 @@ def section_times(nb) -> dict[str, float]:
 
     times, section = {}, "(setup)"
     for cell in nb.cells:
-        if cell.cell_type == "markdown" and cell.source.startswith("## "):
-            section = cell.source.splitlines()[0][3:].strip()
+        if cell.cell_type == "markdown":  # the last H2 heading of the cell, wherever it stands in it
+            headings = [line[3:].strip() for line in cell.source.splitlines() if line.startswith("## ")]
+            section = headings[-1] if headings else section
         stamps = cell.get("metadata", {}).get("execution", {})
         if cell.cell_type == "code" and "shell.execute_reply" in stamps:
             t0 = datetime.fromisoformat(stamps["iopub.execute_input"].replace("Z", "+00:00"))
