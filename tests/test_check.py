@@ -251,3 +251,24 @@ def test_the_instructors_guide_lists_every_exercise_with_what_its_check_catches(
     guide = (ROOT / "docs" / "workshop.md").read_text()
     for ex in EXERCISES.values():
         assert f"| {ex.notebook} | `{ex.name}` |" in guide and ex.catches in guide, f"docs/workshop.md: {ex.name}"
+
+
+@pytest.mark.after_notebooks
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted({nb for nb, _ in exercise_cells()}))
+def test_student_edition_runs_top_to_bottom_with_every_exercise_unanswered(name, tmp_path):
+    """The student edition of a notebook, executed as a student gets it: no cell raises (a stub's check prints
+    [FAIL] ... not implemented yet), so every cell after an exercise runs."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = next((ROOT / "notebooks").glob(f"{name}_*.ipynb"))
+    nb = nbformat.reads(json.dumps(student.student_notebook(json.loads(path.read_text()))), as_version=4)
+    NotebookClient(
+        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+    ).execute()  # raises CellExecutionError on the first cell that fails
+    printed = [
+        "".join(o.get("text", "")) for c in nb.cells if "exercise" in c.metadata.get("tags", []) for o in c.outputs
+    ]
+    assert len(printed) == sum(1 for _, c in exercise_cells() if _ == name)
+    assert all("not implemented yet" in p for p in printed), printed
