@@ -1,6 +1,7 @@
 """One HP loss forward + backward at paper shapes with synthetic inputs: time and peak memory.
 
     python benchmarks/loss_step.py --batch 4 [--grid 28 --dim 512 --pool 2048 --form code --chunk 4 --device cuda]
+                                   [--fused off|on|compile --tile 1024]
 
 COCO setting: B = 64 crops, 28×28 = 784 patches each (ViT-S/8 at 224), K = 512, C = 384, M = 2048, τ = 0.8,
 ρ = 0.02, LHP on, λ = 0.5. On a 2-core CPU use a reduced --batch. Timed: pool criteria (Eq. 2), LHP weights and
@@ -38,6 +39,8 @@ def main() -> None:
     p.add_argument("--pool", type=int, default=2048, help="M")
     p.add_argument("--form", default="code")
     p.add_argument("--chunk", type=int, default=4, help="anchor images per block")
+    p.add_argument("--fused", default="off", choices=("off", "on", "compile"), help="LossConfig.fused (issue 14)")
+    p.add_argument("--tile", type=int, default=1024, help="columns per tile of the fused path")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default=None)
     args = p.parse_args()
@@ -53,7 +56,7 @@ def main() -> None:
     codes = torch.randn(b, k, h, h, device=device, requires_grad=True)
     z_aug_src = torch.randn(b, k, h, h, device=device)
     proj = ProjectionHead(k).to(device)
-    cfg = LossConfig(form=args.form, tau=0.8, rho=0.02, chunk_images=args.chunk)
+    cfg = LossConfig(form=args.form, tau=0.8, rho=0.02, chunk_images=args.chunk, fused=args.fused, tile=args.tile)
     gen = torch.Generator(device=device).manual_seed(0)
 
     def step() -> float:
@@ -92,8 +95,10 @@ def main() -> None:
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         peak = f"peak RSS {peak_rss:.0f} MiB (+{peak_rss - rss0:.0f} MiB above the inputs)"
         where = f"CPU, {torch.get_num_threads()} threads"
+    path = f"fused={args.fused} tile={args.tile}" if cfg.fused_on(device) else "reference"
     print(
-        f"form={args.form} B={b} N={n} K={k} C={c} M={args.pool} chunk={args.chunk} on {where}, torch {torch.__version__}"
+        f"form={args.form} B={b} N={n} K={k} C={c} M={args.pool} chunk={args.chunk} {path} on {where}, "
+        f"torch {torch.__version__}"
     )
     print(
         f"loss {loss:.4f} | forward+backward median {1000 * statistics.median(times):.0f} ms "

@@ -11,6 +11,7 @@ resident set) and the device name. On a 2-core CPU use a small --batch (the work
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import resource
 import statistics
@@ -46,6 +47,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="default: the preset's batch size")
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--device", default=None)
+    p.add_argument("--loss-path", default="auto", choices=("auto", "on", "compile", "off"), help="LossConfig.fused")
     p.add_argument("overrides", nargs="*", help="config key=value, e.g. pool_size=16 for a quick CPU check")
     args = p.parse_args()
     from hpnb.config import parse_overrides
@@ -64,6 +66,8 @@ def main() -> None:
     import hpnb.train as T
 
     T.build_dataset = lambda c, split, res, n=None: data  # synthetic data instead of the preset's dataset
+    config_of = T.loss_config
+    T.loss_config = lambda c: dataclasses.replace(config_of(c), fused=args.loss_path)  # the loss path measured
     T.extract_features = lambda backbone, dataset, **kw: _empty_val(backbone, dataset)
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(cfg, out, progress=False)
@@ -97,7 +101,7 @@ def main() -> None:
     grid = cfg.res // trainer.backbone.patch_size
     print(
         f"{args.preset}: batch {cfg.batch_size}, {cfg.res} px ({grid}×{grid} patches), backbone {cfg.backbone} "
-        f"(random weights), K={cfg.dim}, M={cfg.pool_size} | {name} | torch {torch.__version__}"
+        f"(random weights), K={cfg.dim}, M={cfg.pool_size}, loss path {args.loss_path} | {name} | torch {torch.__version__}"
     )
     print(
         f"median {1000 * statistics.median(times):.0f} ms/iteration over {len(times)} | peak {peak} | "

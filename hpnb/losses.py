@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from hpnb.fused_loss import BlockData, fused_block
 from hpnb.positives import positive_block, window_index
 
 
@@ -40,17 +41,33 @@ class LossConfig:
     propagation: str = "gradient"  # Table 5: "gradient" (mix features, shipped) | "loss" (propagate the loss)
     chunk_images: int = 4  # anchor images per block
     checkpoint: bool = True  # recompute blocks in the backward pass (memory ∝ one block)
+    fused: str = "auto"  # code form: "on" streams each block in column tiles (hpnb.fused_loss), "compile" the same
+    # through torch.compile, "off" the reference path below; "auto" = "on" on the CPU (measured exact and faster:
+    # benchmarks/README.md), "off" elsewhere until the GPU table is measured. Other forms take the reference path.
+    tile: int = 1024  # columns per tile of the fused path
 
     def __post_init__(self):
         for name, value, allowed in (
             ("form", self.form, ("code", "paper")),
             ("objective", self.objective, ("hp", "self")),
             ("propagation", self.propagation, ("gradient", "loss")),
+            ("fused", self.fused, ("auto", "on", "off", "compile")),
         ):
             if value not in allowed:
                 raise ValueError(f"LossConfig.{name} must be one of {allowed}, found {value!r}")
         if not 0.0 <= self.rho <= 1.0:
             raise ValueError(f"LossConfig.rho must lie in [0, 1], found {self.rho}")
+        if self.tile < 1:
+            raise ValueError(f"LossConfig.tile must be a positive number of columns, found {self.tile}")
+
+    @property
+    def streams(self) -> bool:
+        """True when hp_loss takes the fused path: the code form of HP with gradient propagation, fused not "off"."""
+        return self.fused != "off" and self.form == "code" and self.objective == "hp" and self.propagation == "gradient"
+
+    def fused_on(self, device: torch.device) -> bool:
+        """True when hp_loss streams on this device: `streams`, and "auto" only on the CPU."""
+        return self.streams and (self.fused != "auto" or torch.device(device).type == "cpu")
 
 
 @dataclass
@@ -297,11 +314,17 @@ def hp_loss(
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     block = _Block(cfg, inp, neg_mask.to(inp.z.device) if neg_mask is not None else None, seed, paper_negs)
 
-    parts = []
+    fused = cfg.fused_on(inp.z.device)
+    data = _block_data(cfg, inp, block) if fused else None
+    parts, counted = [], []
     for b0 in range(0, b, cfg.chunk_images):
         b1 = min(b, b0 + cfg.chunk_images)
         args = (b0, b1, inp.z, inp.z_mix)
-        if cfg.checkpoint and torch.is_grad_enabled():
+        if fused:
+            part, n_ag, n_sp = fused_block(inp.z, inp.z_mix if cfg.use_lhp else None, data, b0, b1)
+            parts.append(part)
+            counted.append((n_ag, n_sp))
+        elif cfg.checkpoint and torch.is_grad_enabled():
             parts.append(checkpoint(block, *args, use_reentrant=False))
         else:
             parts.append(block(*args))
@@ -318,8 +341,12 @@ def hp_loss(
         loss = -sums[0].sum() / nb
         return LossParts(total=loss, phi=loss, psi=zero, reg=zero)
 
-    with torch.no_grad():
-        p_ag_counts, p_sp_counts = _positive_counts(block, b)
+    if counted:  # the fused path counted the positives on its way
+        p_ag_counts = torch.cat([c[0] for c in counted]).reshape(b, n)
+        p_sp_counts = torch.cat([c[1] for c in counted]).reshape(b, n) if cfg.use_sp else None
+    else:
+        with torch.no_grad():
+            p_ag_counts, p_sp_counts = _positive_counts(block, b)
     dropped = int((p_ag_counts == 0).sum())
     if cfg.form == "code":
         scale = cfg.tau / cfg.base_temperature
@@ -353,6 +380,23 @@ def hp_loss(
         n_pos_ag=p_ag_counts,
         n_pos_sp=p_sp_counts,
         dropped=dropped,
+    )
+
+
+def _block_data(cfg: LossConfig, inp: LossInputs, block: _Block) -> BlockData:
+    """The flat inputs the fused path streams over (views, no copies)."""
+    nb = block.nb
+    return BlockData(
+        f=inp.f.reshape(nb, -1),
+        c_ag=inp.c_ag.reshape(-1),
+        s=inp.s_ema.reshape(nb, -1) if cfg.use_sp else None,
+        c_sp=inp.c_sp.reshape(-1) if cfg.use_sp else None,
+        neg=block.neg,
+        n=block.n,
+        tau=cfg.tau,
+        symmetric=cfg.symmetric,
+        tile=cfg.tile,
+        compile=cfg.fused == "compile",
     )
 
 
