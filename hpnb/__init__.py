@@ -2,7 +2,7 @@
 
 Modules (one idea each, layered as the README's "Architecture" table says): `utils`, `printing`, `metrics`; `data`
 (one registry for every dataset), `backbones`, `features`, `crf`; `config`, `positives`, `heads`, `losses`, `model`,
-`baseline`; `runs`, `evaluate`, `train`; `viz`, `widgets`, `check`, `report`, `demo`, `toyworld`.
+`baseline`; `runs`, `evaluate`, `train`, `predict`; `viz`, `widgets`, `check`, `report`, `demo`, `toyworld`.
 Heavy submodules are imported on first use, so `import hpnb` stays fast.
 """
 
@@ -43,8 +43,8 @@ _SUBMODULES = {
 
 
 def __getattr__(name: str):
-    if name == "predict":  # hpnb.predict(image, run, crf=True): one image -> label map
-        return importlib.import_module("hpnb.evaluate").predict
+    if name == "predict":  # hpnb.predict(image, run, crf=True): one image -> label map (a callable module)
+        return importlib.import_module("hpnb.predict")
     if name in _SUBMODULES:
         return importlib.import_module(f"hpnb.{name}")
     raise AttributeError(f"module 'hpnb' has no attribute {name!r}")

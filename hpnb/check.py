@@ -211,6 +211,32 @@ def _seed_spread_inputs(g):
     return ([float(v) for v in 50 + 5 * torch.randn(_size(g, 2, 5), generator=g)],)
 
 
+def _overlay(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
+    from hpnb.viz import overlay
+
+    return overlay(image, labels, colours, alpha)
+
+
+def _overlay_inputs(g):
+    h, w, n = _size(g, 3, 9), _size(g, 3, 9), _size(g, 2, 6)
+    image = torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).numpy()
+    labels = torch.randint(-1, n, (h, w), generator=g).numpy()  # -1: ignore, the photo shows through
+    colours = torch.randint(0, 256, (n, 3), generator=g, dtype=torch.uint8).numpy()
+    return image, labels, colours, float(torch.rand(1, generator=g) * 0.4 + 0.3)
+
+
+def _closest_patches(codes: torch.Tensor, centroid: torch.Tensor, n: int) -> torch.Tensor:
+    from hpnb.report import closest_patches
+
+    return closest_patches(codes, centroid, n)
+
+
+def _closest_inputs(g):
+    k = _size(g, 4, 12)
+    scale = torch.rand(_size(g, 20, 60), 1, generator=g) * 5 + 0.1  # codes of very different lengths
+    return torch.randn(len(scale), k, generator=g) * scale, torch.randn(k, generator=g), _size(g, 2, 6)
+
+
 EXERCISES: dict[str, Exercise] = {
     e.name: e
     for e in [
@@ -315,6 +341,25 @@ EXERCISES: dict[str, Exercise] = {
             _seed_spread,
             _seed_spread_inputs,
             "the population std (n instead of n − 1: too small a spread for 3 seeds)",
+        ),
+        Exercise(
+            "overlay",
+            "07",
+            "the overlay (1 − α)·photo + α·colour[label], uint8, ignore (−1) left as the photo",
+            _overlay,
+            _overlay_inputs,
+            "α and 1 − α swapped; ignore pixels (−1) painted with the last colour; uint8 arithmetic that wraps around "
+            "(truncation instead of rounding)",
+            atol=0.5,
+        ),
+        Exercise(
+            "closest_patches",
+            "07",
+            "the n patches nearest a cluster centroid in cosine, nearest first",
+            _closest_patches,
+            _closest_inputs,
+            "the dot product without normalising the codes (long codes win); the farthest patches (ascending order); "
+            "the similarities instead of the indices",
         ),
     ]
 }

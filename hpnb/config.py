@@ -32,6 +32,7 @@ class HPConfig:
     test_split: str = "test"
     n_train: int | None = None  # toy world only: number of scenes
     n_val: int | None = None
+    n_clusters: int | None = None  # an unlabelled "folder": the number of clusters (K of k-means) to learn
     # backbone
     backbone: str = "dinov2_vits14_imgfocus"
     backbone_weights: str | None = None
@@ -80,7 +81,10 @@ class HPConfig:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """All fields; those added later (`ADDED`) only when set, so the saved config.json of an existing run (and
+        the run-folder digest `train_or_load` derives from it) is unchanged."""
+        out = dataclasses.asdict(self)
+        return {k: v for k, v in out.items() if not (k in ADDED and v == ADDED[k])}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
@@ -91,6 +95,7 @@ class HPConfig:
 
 
 FIELDS = {f.name: f for f in fields(HPConfig)}
+ADDED = {"n_clusters": None}  # fields added after the first runs were saved, with their defaults
 
 # Official values (spec §5). Backbone features of these sets are too large to cache: online mode.
 _OFFICIAL = dict(
@@ -369,3 +374,16 @@ PRESETS["toy-notebook"] = dict(
 )
 CAMVID_CPU_ITERS = 6 * (367 // 8)  # 6 epochs of CamVid's 367 training images, batch 8
 PRESETS["camvid-cpu"].update(scaled(PRESETS["camvid-cpu"]["pool_size"], CAMVID_CPU_ITERS))
+
+# Your own images (`hpnb.data.folder`): the toy preset's operating point on any folder of photos, `n_clusters` when it
+# has no labels. python -m hpnb train --preset folder data_root=PATH n_clusters=K
+PRESETS["folder"] = dict(
+    PRESETS["toy"],
+    dataset="folder",
+    n_train=None,
+    n_val=None,
+    val_split="val",  # the held-out tenth: selects the checkpoint (the HP loss there when there are no labels)
+    test_split="val",
+    val_every=25,
+    checkpoint_every=25,
+)

@@ -360,25 +360,34 @@ def extract_features_for(backbone, dataset, progress: bool = True, precision: st
     return extract_features(backbone, dataset, attention=False, progress=progress, precision=precision)
 
 
-def predict(image, run_or_checkpoint, crf: bool = True, head: str = "cluster", which: str = "best"):
-    """Label map (H, W) for one RGB image of any size (uint8 array or PIL image).
+def _image_cluster_scores(codes: torch.Tensor, centroids: torch.Tensor, size: tuple, cosine: bool) -> torch.Tensor:
+    """`cluster_scores` of one image (1, K, h, w) -> (n, H, W), with |up(codes)| accumulated over channel chunks: a
+    large photo never holds all K upsampled channels at once (K = 512 at 2 Mpx would be 4 GB)."""
+    dots = F.interpolate(
+        torch.einsum("bkhw,ck->bchw", codes, centroids), size=size, mode="bilinear", align_corners=False
+    )
+    if not cosine:
+        return dots[0]
+    sq = torch.zeros(1, 1, *size)
+    for k in range(0, codes.shape[1], 16):
+        up = F.interpolate(codes[:, k : k + 16], size=size, mode="bilinear", align_corners=False)
+        sq += up.pow(2).sum(1, keepdim=True)
+    return (dots / sq.sqrt().clamp_min(1e-12))[0]
+
+
+def image_labels(image: np.ndarray, cfg, model, backbone, crf: bool = False, head: str = "cluster", mapping=None):
+    """Label map (H, W) int64 of one uint8 RGB image (H, W, 3) of any size with a loaded run (cfg, model, backbone).
 
     The whole image is resized (not cropped) so that its shorter side is the run's `val_res` and both sides are
-    multiples of the patch size; the logits are upsampled back to the original size, the CRF runs on the original
-    image. Cluster ids are mapped to classes with the Hungarian map saved by the evaluation, when there is one.
-    """
-    import json
-    from pathlib import Path
-
+    multiples of the patch size; the logits (2·cosine to the centroids, or the linear probe) are upsampled back to the
+    original size and, with `crf`, refined by the dense CRF on the original image. `mapping` (cluster -> class, the
+    evaluation's Hungarian map) is applied to cluster ids when given."""
     from PIL import Image
 
-    from hpnb.backbones import load_backbone
+    from hpnb.crf import dense_crf
     from hpnb.data import normalize
 
-    cfg, model = load_run(run_or_checkpoint, which) if not isinstance(run_or_checkpoint, tuple) else run_or_checkpoint
-    image = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
     h, w = image.shape[:2]
-    backbone = load_backbone(cfg.backbone, weights=cfg.backbone_weights, device="cpu")
     p = backbone.patch_size
     scale = cfg.val_res / min(h, w)
     nh, nw = max(p, round(h * scale / p) * p), max(p, round(w * scale / p) * p)
@@ -386,23 +395,40 @@ def predict(image, run_or_checkpoint, crf: bool = True, head: str = "cluster", w
         torch.from_numpy(np.array(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))).permute(2, 0, 1).float()
         / 255
     )
-    feats = backbone(normalize(x)[None], attention=False).feats
     with torch.no_grad():
+        feats = backbone(normalize(x)[None], attention=False).feats
         codes = model.heads.seg(feats.float())
         if head == "linear":
             grid_logits = model.linear_probe(codes)
             logits = F.interpolate(grid_logits, size=(h, w), mode="bilinear", align_corners=False)[0]
-        else:
-            logits = 2 * cluster_scores(codes, F.normalize(model.cluster_probe.centroids, dim=1), (h, w))[0]
-    from hpnb.crf import dense_crf, resolve_crf
-
-    if resolve_crf(crf):  # without pydensecrf: one line, then the prediction without the CRF
+        else:  # the CRF needs true cosines; the argmax alone does not (`cluster_scores`)
+            logits = 2 * _image_cluster_scores(codes, F.normalize(model.cluster_probe.centroids, dim=1), (h, w), crf)
+    if crf:
         labels = torch.from_numpy(dense_crf(image, torch.log_softmax(logits, 0)).argmax(0))
     else:
         labels = logits.argmax(0)
-    mapping_file = (
-        Path(run_or_checkpoint) / "cluster_mapping.json" if not isinstance(run_or_checkpoint, tuple) else None
-    )
-    if head == "cluster" and mapping_file is not None and mapping_file.is_file():
-        labels = remap(labels, np.asarray(json.loads(mapping_file.read_text())))
+    if head == "cluster" and mapping is not None:
+        labels = remap(labels, np.asarray(mapping))
     return labels.numpy()
+
+
+def predict(image, run_or_checkpoint, crf: bool = True, head: str = "cluster", which: str = "best"):
+    """Label map (H, W) for one RGB image of any size (uint8 array or PIL image) with a run folder or a loaded
+    (cfg, model) pair (`image_labels`); cluster ids are mapped to classes with the Hungarian map saved by the
+    evaluation, when there is one. For many images, folders, names and overlays: `hpnb.predict`."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from hpnb.backbones import load_backbone
+    from hpnb.crf import resolve_crf
+
+    loaded = isinstance(run_or_checkpoint, tuple)
+    cfg, model = run_or_checkpoint if loaded else load_run(run_or_checkpoint, which)
+    image = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
+    backbone = load_backbone(cfg.backbone, weights=cfg.backbone_weights, device="cpu")
+    mapping_file = None if loaded else Path(run_or_checkpoint) / "cluster_mapping.json"
+    mapping = json.loads(mapping_file.read_text()) if mapping_file is not None and mapping_file.is_file() else None
+    # without pydensecrf resolve_crf prints one line, then the prediction goes on without the CRF
+    return image_labels(image, cfg, model, backbone, crf=resolve_crf(crf), head=head, mapping=mapping)

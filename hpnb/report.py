@@ -9,6 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from hpnb.evaluate import RunEvaluation, evaluate_on_split
 from hpnb.viz import confusion_figure, iou_table, label_grid, palette, use_headless_backend
@@ -143,3 +146,119 @@ SPREAD_HEADER = [
     "| runs | protocol | features | cluster Acc | cluster mIoU | linear Acc | linear mIoU | empty clusters |",
     "|---|---|---|---:|---:|---:|---:|---:|",
 ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Runs without labels (your own images): what the clusters look like, so a person can name them
+# ----------------------------------------------------------------------------------------------------------
+
+
+def closest_patches(codes: torch.Tensor, centroid: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices (n,) of the n patch codes (N, K) with the largest cosine to one centroid (K,), nearest first."""
+    cos = F.normalize(codes.float(), dim=1) @ F.normalize(centroid.float(), dim=0)
+    return cos.topk(min(n, len(cos))).indices
+
+
+@torch.no_grad()
+def nearest_patches(fs, model, n: int = 8, per_image: int = 2, context: int = 1, size: int = 56):
+    """Per cluster, crops (n, size, size, 3) uint8 around the patches nearest its centroid (at most `per_image` from
+    one image, `context` patches around each), and each cluster's share of the patches (argmax over clusters)."""
+    codes = torch.cat([model.heads.seg(fs.feats[i : i + 16].float()) for i in range(0, len(fs), 16)])  # (N, K, h, w)
+    b, k, gh, gw = codes.shape
+    flat = codes.permute(0, 2, 3, 1).reshape(-1, k)  # (N·h·w, K), row = image·h·w + y·w + x
+    centroids = model.cluster_probe.centroids.detach()
+    assign = (F.normalize(flat, dim=1) @ F.normalize(centroids, dim=1).T).argmax(1)
+    shares = [float((assign == c).float().mean()) for c in range(len(centroids))]
+    p = fs.images.shape[1] // gh  # pixels per patch
+    strips = []
+    for c in range(len(centroids)):
+        crops, used = [], {}
+        for idx in closest_patches(flat, centroids[c], len(flat)).tolist():
+            image, rest = divmod(idx, gh * gw)
+            if used.get(image, 0) >= per_image:
+                continue
+            used[image] = used.get(image, 0) + 1
+            y, x = divmod(rest, gw)
+            y0, x0 = max(0, min(y - context, gh - 2 * context - 1)), max(0, min(x - context, gw - 2 * context - 1))
+            span = (2 * context + 1) * p
+            crop = fs.images[image, y0 * p : y0 * p + span, x0 * p : x0 * p + span].numpy()
+            crops.append(np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR)))
+            if len(crops) == n:
+                break
+        strips.append(np.stack(crops))
+    return strips, shares
+
+
+def folder_images(cfg, split: str) -> list[tuple[str, Path]]:
+    """(name, file) of each image of a folder run's split (the held-out tenth for "val")."""
+    from hpnb.data.folder import ImageFolder
+
+    samples = ImageFolder(cfg.data_root, split, cfg.val_res, n_clusters=cfg.n_clusters).samples
+    return [(name, path) for name, path, _ in samples]
+
+
+def folder_report(run, split: str | None = None, n_images: int = 4, crf: bool = True, progress: bool = False) -> dict:
+    """The report of a run without labels: overlays of `n_images` held-out photos (photo, cluster map, overlay, with
+    a legend) -> overlay_<split>.png; the patches nearest each centroid -> clusters.png; report_<split>.md. Names
+    from names.json (`hpnb.predict.name_clusters`) are used everywhere; returns what was written."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from hpnb.features import extract_features
+    from hpnb.predict import Segmenter
+    from hpnb.runs import dataset_for, selected_step
+    from hpnb.viz import cluster_overlays, cluster_strips
+
+    use_headless_backend()
+    run = Path(run)
+    seg = Segmenter(run, crf=crf)
+    cfg, split = seg.cfg, split or seg.cfg.test_split
+    files = folder_images(cfg, split)[:n_images]
+    images = [np.asarray(Image.open(path).convert("RGB")) for _, path in files]
+    labels = [seg(im) for im in images]
+    names = [name for name, _ in files]
+    fig = cluster_overlays(images, labels, seg.names, seg.colours, titles=names)
+    fig.savefig(run / f"overlay_{split}.png", dpi=100)
+    train = extract_features(  # the trainer's cache (cache mode): no backbone run
+        seg.backbone, dataset_for(cfg, cfg.train_split, cfg.res, cfg.n_train), progress=progress
+    )
+    strips, shares = nearest_patches(train, seg.model)
+    cluster_strips(strips, seg.names, seg.colours, shares).savefig(run / "clusters.png", dpi=100)
+    plt.close("all")
+    metrics = json.loads((run / "metrics.json").read_text())["best"]
+    summary = {
+        "run": str(run),
+        "split": split,
+        "checkpoint_step": selected_step(run),
+        "selection": "lowest HP loss (Eq. 11, λ = 1) on the held-out images, same negatives at every validation",
+        "held_out_loss": metrics.get("held_out_loss"),
+        "clusters": [
+            {"id": k, "name": n, "share": round(s, 4)} for k, (n, s) in enumerate(zip(seg.names, shares, strict=True))
+        ],
+        "figures": [f"overlay_{split}.png", "clusters.png"],
+    }
+    rows = [f"| {k} | {n} | {100 * s:.1f} % |" for k, (n, s) in enumerate(zip(seg.names, shares, strict=True))]
+    (run / f"report_{split}.md").write_text(
+        "\n".join(
+            [
+                f"# Clusters of {run.name} (no labels)",
+                "",
+                f"Checkpoint: {summary['selection']} (step {summary['checkpoint_step']}).",
+                "",
+                "| cluster | name | share of training patches |",
+                "|---:|---|---:|",
+                *rows,
+                "",
+                'Name clusters in names.json beside this report, e.g. {"0": "sky", "3": "cat"}, then run '
+                f"`python -m hpnb evaluate {run}` again.",
+                "",
+                f"![overlays](overlay_{split}.png)",
+                "",
+                "![clusters](clusters.png)",
+                "",
+            ]
+        )
+    )
+    (run / f"eval_{split}.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -38,6 +38,7 @@ def dataset_for(cfg: HPConfig, split: str, res: int, n: int | None = None):
         crop_type=cfg.crop_type if train else None,
         n=n,
         seed=cfg.seed,
+        n_clusters=cfg.n_clusters,
     )
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from hpnb.config import HPConfig
 from hpnb.features import extract_features
@@ -42,7 +42,7 @@ from hpnb.runs import (
     save_state,
     truncate_log,
 )
-from hpnb.utils import HpnbError, pick_device, seed_everything
+from hpnb.utils import HpnbError, pick_device, progress_bar, seed_everything
 
 build_dataset = dataset_for  # the configured dataset split (hpnb.runs.dataset_for), under its former name
 
@@ -181,6 +181,46 @@ def loss_config(cfg: HPConfig) -> LossConfig:
     )
 
 
+def run_classes(cfg: HPConfig, dataset) -> list[str]:
+    """The class names of a run: the dataset's, or "cluster 0".."cluster K-1" for an unlabelled folder."""
+    if dataset.classes:
+        if cfg.n_clusters not in (None, len(dataset.classes)):
+            raise HpnbError(
+                f"n_clusters={cfg.n_clusters}, but the labelled dataset has {len(dataset.classes)} classes; HP learns one "
+                "cluster per class. Leave n_clusters out (n_clusters=none), or train without the labels."
+            )
+        return list(dataset.classes)
+    if cfg.n_clusters is None or cfg.n_clusters < 2:
+        raise HpnbError(
+            f"the images under {getattr(dataset, 'root', '?')} have no labels, so HP needs the number of clusters to "
+            f"learn; found n_clusters={cfg.n_clusters}. Add e.g. n_clusters=8 (python -m hpnb train --preset folder "
+            "data_root=PATH n_clusters=8)."
+        )
+    return [f"cluster {k}" for k in range(cfg.n_clusters)]
+
+
+def check_sizes(cfg: HPConfig, n_train: int, root=None) -> None:
+    """Enough training images for one batch and for a reference pool of M distinct images (spec §2.2)."""
+    where = f" under {root}" if root is not None and cfg.dataset == "folder" else ""
+    held = " (the held-out tenth of a folder is not counted)" if cfg.dataset == "folder" else ""
+    fix = f"Add images, or lower both: batch_size={min(cfg.batch_size, max(1, n_train))} pool_size={max(1, n_train)}."
+    if n_train < cfg.batch_size:
+        raise HpnbError(
+            f"the training set{where} has {n_train} images{held}, fewer than batch_size={cfg.batch_size}"
+            + (
+                f" (and pool_size M={cfg.pool_size} needs at least M training images)"
+                if cfg.pool_size > n_train
+                else ""
+            )
+            + f". {fix}"
+        )
+    if cfg.pool_size > n_train:
+        raise HpnbError(
+            f"pool_size M={cfg.pool_size} needs at least M training images, found {n_train}{where}{held}; "
+            f"lower pool_size. {fix}"
+        )
+
+
 class Trainer:
     """One HP run: builds the data source, the model and optimisers, then `fit()`s with checkpoints."""
 
@@ -193,10 +233,10 @@ class Trainer:
         seed_everything(cfg.seed)
         self.backbone = backbone or load_backbone(cfg.backbone, weights=cfg.backbone_weights, device=self.device)
         train_set = build_dataset(cfg, cfg.train_split, cfg.res, cfg.n_train)
-        if len(train_set) < cfg.batch_size:
-            raise HpnbError(f"the training set has {len(train_set)} images, fewer than batch_size={cfg.batch_size}")
-        self.n_classes = len(train_set.classes)
-        self.classes = list(train_set.classes)
+        self.labelled = bool(train_set.classes)  # False: a folder of your own images without labels
+        self.classes = run_classes(cfg, train_set)
+        self.n_classes = len(self.classes)
+        check_sizes(cfg, len(train_set), getattr(train_set, "root", None))
         if cfg.backbone_mode == "cache":
             self.source = CachedSource(cfg, self.backbone, train_set, progress)
         elif cfg.backbone_mode == "online":
@@ -206,7 +246,7 @@ class Trainer:
         self.val = extract_features(
             self.backbone,
             build_dataset(cfg, cfg.val_split, cfg.val_res, cfg.n_val),
-            attention=False,
+            attention=not self.labelled,  # without labels the held-out HP loss selects the checkpoint: LHP needs it
             progress=progress,
             precision=cfg.feature_precision,
         )
@@ -225,10 +265,6 @@ class Trainer:
             self.total = min(self.total, cfg.max_iters)
         if self.total < 1:
             raise HpnbError(f"nothing to train: epochs={cfg.epochs} × {self.iters_per_epoch} iterations per epoch")
-        if cfg.pool_size > self.source.n:
-            raise HpnbError(
-                f"pool_size M={cfg.pool_size} needs at least M training images, found {self.source.n}; lower pool_size"
-            )
         self.step, self.q_ag, self.q_sp = 0, None, None
         self.best = {"score": -math.inf}
         cfg.save(self.out / CONFIG)
@@ -285,13 +321,49 @@ class Trainer:
 
     # -- validation / model selection ---------------------------------------------------------------------
     def validate(self) -> dict:
+        """Validation scores and the model-selection `score` (higher is better): the official sum of cluster and
+        linear Acc and mIoU with labels, minus the held-out HP loss without them (`held_out_loss`)."""
         from hpnb.evaluate import evaluate, model_predictor
 
+        if not self.labelled:
+            loss = self.held_out_loss()
+            return {"held_out_loss": round(loss, 4), "score": -loss}
         result = evaluate(model_predictor(self.model), self.val, self.n_classes)
         self.model.train()
         table = result.table()
         table["score"] = sum(v for head in ("cluster", "linear") for v in table[head].values())
         return table
+
+    @torch.no_grad()
+    def held_out_loss(self) -> float:
+        """The label-free selection criterion: the HP loss (Eq. 11 at λ = 1) on the held-out images, heads in eval
+        mode (no dropout), the current pools, the clean features as their own augmented view and the same random
+        negatives at every validation (a generator seeded from `cfg.seed`), so that two steps are compared on the same
+        draw. Mean over batches of `batch_size` held-out images."""
+        cfg, val = self.cfg, self.val
+        if getattr(self, "_val_lhp", None) is None:  # LHP weights of the held-out images, from frozen attention
+            parts = [
+                attention_to_lhp(val.attn[i : i + 64], val.grid, cfg.form, cfg.sigma) for i in range(0, len(val), 64)
+            ]
+            self._val_lhp = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        self.model.eval()
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 424_242)
+        total, count = 0.0, 0
+        for idx in torch.arange(len(val)).split(cfg.batch_size):
+            feats = val.feats[idx].to(self.device).float()
+            lhp = (self._val_lhp[0][idx].to(self.device), self._val_lhp[1][idx].to(self.device))
+            inputs, _ = self.model.loss_inputs(
+                feats,
+                feats,
+                lhp,
+                self.q_ag,
+                self.q_sp if cfg.use_sp else None,
+                need_mix=cfg.use_lhp and cfg.propagation == "gradient",
+            )
+            parts = hp_loss(inputs, loss_config(cfg), lam=1.0, generator=gen)
+            total, count = total + float(parts.total) * len(idx), count + len(idx)
+        self.model.train()
+        return total / count
 
     # -- checkpoints --------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -316,6 +388,7 @@ class Trainer:
                     "n_classes": self.n_classes,
                     "classes": self.classes,
                     "form": self.cfg.form,
+                    **({} if self.labelled else {"labelled": False}),
                 }
             ),
         }
@@ -355,7 +428,7 @@ class Trainer:
             truncate_log(self.out, 0)
             self.build_pools(task_agnostic=True)  # Q_ag once, Q_sp from the initial S'
         ipe = self.iters_per_epoch
-        bar = tqdm(total=self.total, initial=self.step, desc=f"train {cfg.name}", disable=not self.progress)
+        bar = progress_bar(total=self.total, initial=self.step, desc=f"train {cfg.name}", disable=not self.progress)
         last_val = {}
         try:
             while self.step < self.total:
@@ -389,7 +462,7 @@ class Trainer:
         finally:
             bar.close()
         (self.out / METRICS).write_text(json.dumps({"best": self.best, "last": last_val}, indent=2))
-        plot_log(self.out)
+        plot_log(self.out, alpha=cfg.alpha if cfg.use_reg else None)
         return TrainResult(out=self.out, model=self.model, best=self.best, last=last_val, steps=self.step)
 
 
@@ -398,6 +471,17 @@ def train(
 ) -> TrainResult:
     """Train HP with `cfg` into `out` (default runs/<cfg.name>)."""
     return Trainer(cfg, out or Path("runs") / cfg.name, backbone=backbone, progress=progress).fit(resume=resume)
+
+
+def cache_features(cfg: HPConfig, backbone) -> None:
+    """Compute (or find) every cached feature a cache-mode run of `cfg` reads, without progress bars: the training
+    images with attention, their augmented views and the validation images (with attention when there are no
+    labels). A notebook calls it before `train_or_load`, whose output is then the same whether the cache was warm."""
+    train_set = build_dataset(cfg, cfg.train_split, cfg.res, cfg.n_train)
+    CachedSource(cfg, backbone, train_set, progress=False)
+    labelled = bool(train_set.classes)
+    val_set = build_dataset(cfg, cfg.val_split, cfg.val_res, cfg.n_val)
+    extract_features(backbone, val_set, attention=not labelled, progress=False, precision=cfg.feature_precision)
 
 
 class TrainedRun(NamedTuple):
@@ -426,6 +510,9 @@ def train_or_load(cfg: HPConfig, out: str | Path, backbone=None, progress: bool 
     if not state:
         train(cfg, out=out, resume=state is False, backbone=backbone, progress=progress)
     best = json.loads((out / METRICS).read_text())["best"]
+    if "held_out_loss" in best:  # no labels: selected by the held-out HP loss (shown to the precision it is stable)
+        print(f"{out.name}: {total} steps; selected at step {best['step']} by the lowest held-out HP loss")
+        return TrainedRun(*load_run(out), out)
     print(
         f"{out.name}: {total} steps; best on val at step {best['step']}: "
         f"cluster Acc {pct(best['cluster']['acc'] / 100)} mIoU {pct(best['cluster']['miou'] / 100)} | "
@@ -434,27 +521,76 @@ def train_or_load(cfg: HPConfig, out: str | Path, backbone=None, progress: bool 
     return TrainedRun(*load_run(out), out)
 
 
-def plot_log(out: str | Path) -> Path | None:
-    """Figure of the loss parts (Φ, Ψ, R, total) and λ over the steps of a run's log, saved as loss.png.
+def training_log(rows: list[dict], alpha: float | None = None, figure=None):
+    """Three panels of a run's log (hpnb.runs.read_log) against the iteration t: the contrastive terms with their
+    running mean, λ(t) on a twin axis and its warm-up (λ = 0) shaded; the regulariser R; the validation mIoU of both
+    heads with the best point (the checkpoint kept) marked.
+
+    `alpha` (the weight of R) labels R's panel; `figure` draws on a given matplotlib Figure (the trainer's headless
+    path) instead of a new pyplot one."""
+    if not rows:
+        raise HpnbError("training_log: the run has no logged steps yet (train it first: python -m hpnb train ...)")
+    if figure is None:
+        import matplotlib.pyplot as plt
+
+        figure = plt.figure(figsize=(12, 3.3))
+    ax, ax_reg, ax_val = figure.subplots(1, 3, gridspec_kw={"width_ratios": (1.5, 0.8, 1)})
+    steps = np.array([r["step"] for r in rows])
+    for key, label, colour in (("phi", "Φ (GHP, Eq. 5–6)", "tab:blue"), ("psi", "Ψ (LHP, Eq. 10)", "tab:orange")):
+        ax.plot(steps, [r[key] for r in rows], color=colour, lw=1, alpha=0.6, label=label)
+    total = np.array([r["loss"] for r in rows], dtype=np.float64)
+    width = max(1, len(rows) // 6)
+    smooth = np.convolve(total, np.ones(width) / width, mode="valid")
+    ax.plot(steps[width - 1 :], smooth, color="k", lw=2.2, label=f"total $L$, mean of {width} logged steps")
+    lam = [r["lam"] for r in rows]
+    warm = [s for s, v in zip(steps, lam, strict=True) if v == 0]
+    if warm:
+        ax.axvspan(0, max(warm), color="0.9", zorder=0)
+        ax.text(max(warm) / 2, 0.02, "λ = 0", transform=ax.get_xaxis_transform(), ha="center", fontsize=7)
+    ax_lam = ax.twinx()
+    ax_lam.plot(steps, lam, ":", color="0.4", lw=1.2)
+    ax_lam.set_ylim(0, 1.05)
+    ax_lam.set_ylabel("λ (dotted)", color="0.4")
+    ax.set_xlabel("iteration t")
+    ax.set_ylabel("loss")
+    ax.set_title("contrastive terms fall as training goes on", fontsize=10)
+    ax.legend(fontsize=7.5, loc="upper right")
+    ax_reg.plot(steps, [r["reg"] for r in rows], color="tab:red", lw=1)
+    ax_reg.set_xlabel("iteration t")
+    ax_reg.set_title("R (Eq. 11)" + (f", weight α = {alpha:g}" if alpha is not None else ""), fontsize=10)
+    val = [r for r in rows if "val" in r]
+    for head, colour in (("cluster", "tab:green"), ("linear", "tab:purple")):
+        if not val:
+            break
+        ys = [r["val"][head]["miou"] for r in val]
+        ax_val.plot([r["step"] for r in val], ys, "o-", color=colour, label=f"{head} head")
+        k = max(range(len(ys)), key=ys.__getitem__)
+        ax_val.plot(val[k]["step"], ys[k], "*", ms=14, color=colour, mec="k")
+        ax_val.annotate(f"{ys[k]:.1f}", (val[k]["step"], ys[k]), xytext=(6, -12), textcoords="offset points")
+    if val:
+        ax_val.legend(fontsize=8, loc="lower right")
+        ax_val.set_ylim(0, 1.2 * max(r["val"][h]["miou"] for r in val for h in ("cluster", "linear")))
+    else:
+        ax_val.text(0.5, 0.5, "no validation step logged", ha="center", va="center", transform=ax_val.transAxes)
+    ax_val.set_xlim(0, max(steps) * 1.05)
+    ax_val.set_xlabel("iteration t")
+    ax_val.set_ylabel("val mIoU (%)")
+    ax_val.set_title("validation (★ best: the checkpoint kept)", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def plot_log(out: str | Path, alpha: float | None = None) -> Path | None:
+    """training_log of a run's log, saved as loss.png next to it (None while nothing is logged).
 
     Drawn on a bare matplotlib Figure (no pyplot, no backend switch), so a notebook's inline figures are untouched.
     """
     from matplotlib.figure import Figure
 
-    rows = read_log(out)
+    # a run without labels logs the held-out loss, not scores: its validation panel stays empty
+    rows = [{k: v for k, v in r.items() if k != "val" or "cluster" in v} for r in read_log(out)]
     if not rows:
         return None
-    steps = [r["step"] for r in rows]
-    fig = Figure(figsize=(9, 3.2))
-    ax, ax_lam = fig.subplots(1, 2)
-    for key, label in (("loss", "total"), ("phi", "Φ (GHP)"), ("psi", "Ψ (LHP)"), ("reg", "R")):
-        ax.plot(steps, [r[key] for r in rows], label=label)
-    ax.set_xlabel("step")
-    ax.legend(fontsize=8)
-    ax.set_title("loss parts")
-    ax_lam.plot(steps, [r["lam"] for r in rows], color="k")
-    ax_lam.set_xlabel("step")
-    ax_lam.set_title("λ")
-    fig.tight_layout()
-    fig.savefig(Path(out) / "loss.png", dpi=80)
+    fig = training_log(rows, alpha=alpha, figure=Figure(figsize=(12, 3.3)))
+    fig.savefig(Path(out) / "loss.png", dpi=100)
     return Path(out) / "loss.png"

@@ -79,3 +79,33 @@ def setup(seed: int = 0, device: str | None = None, quiet: bool = False) -> Sess
     if not quiet:
         print(session)
     return session
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (a notebook), False in a script, a terminal or the tests."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and "IPKernelApp" in shell.config
+
+
+def progress_bar(**kwargs):
+    """A tqdm bar (same arguments). In a notebook it is the widget bar, displayed as the widget alone (no text
+    fallback), so a saved notebook's outputs are the same whether the work ran (bar) or was loaded (no bar):
+    nbval compares text, never widget views. Elsewhere the terminal bar on stderr."""
+    if kwargs.get("disable") or not in_notebook():
+        from tqdm import tqdm
+
+        return tqdm(**kwargs)
+    from IPython.display import display
+    from tqdm.notebook import tqdm as widget_tqdm
+
+    bar = widget_tqdm(display=False, **kwargs)
+    display({WIDGET_VIEW: {"model_id": bar.container.model_id, "version_major": 2, "version_minor": 0}}, raw=True)
+    bar.displayed = True
+    return bar

@@ -9,6 +9,7 @@ import matplotlib
 import numpy as np
 import torch
 
+from hpnb.train import training_log  # noqa: F401  (lives with the trainer, which saves it as loss.png)
 from hpnb.utils import HpnbError
 
 IGNORE_COLOUR = (0, 0, 0)
@@ -202,3 +203,260 @@ def preview_toyworld(n: int = 8, res: int = 224, seed: int = 0, split: str = "tr
 def use_headless_backend() -> None:
     """Select matplotlib's file-only backend (CLI and tests; notebooks keep their inline backend)."""
     matplotlib.use("Agg")
+
+
+# -- box-and-arrow diagrams (notebook 00's overview of the method) -----------------------------------------------
+
+DIAGRAM_COLOURS = {
+    "frozen": "#d9d9d9",
+    "trained": "#9ecae1",
+    "momentum (no grad)": "#c7b8e0",
+    "data / vectors": "#ffffff",
+    "positive mining": "#fdd49e",
+    "loss": "#fcae91",
+}  # one fill colour per kind of box
+
+
+def diagram_box(ax, x: float, y: float, text: str, kind: str, w: float = 1.75, h: float = 0.95) -> None:
+    """A rounded box centred at (x, y), filled by what it is (a key of DIAGRAM_COLOURS)."""
+    from matplotlib.patches import FancyBboxPatch
+
+    if kind not in DIAGRAM_COLOURS:
+        raise HpnbError(f"diagram_box: kind must be one of {list(DIAGRAM_COLOURS)}, found {kind!r}")
+    fill = DIAGRAM_COLOURS[kind]
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.05", fc=fill, ec="0.3", lw=1))
+    ax.text(x, y, text, ha="center", va="center", fontsize=8.5)
+
+
+def diagram_arrow(ax, start, end, style: str = "-", rad: float = 0.0, label: str = "") -> None:
+    """An arrow from start to end (dashed with style="--", dotted ":", curved with rad), labelled at its middle."""
+    from matplotlib.patches import FancyArrowPatch
+
+    ax.add_patch(
+        FancyArrowPatch(
+            start,
+            end,
+            arrowstyle="-|>",
+            mutation_scale=11,
+            lw=1.1,
+            color="0.25",
+            linestyle=style,
+            connectionstyle=f"arc3,rad={rad}",
+        )
+    )
+    if label:
+        middle = ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)
+        ax.text(*middle, label, fontsize=7.5, ha="left", va="center", backgroundcolor="white")
+
+
+def diagram(draw, title: str, size=(12, 4.9), xlim=(0, 14.6), ylim=(0.45, 7.75)):
+    """A figure with one blank axes (data coordinates xlim × ylim), `draw(ax)` called on it, and a legend of the
+    box kinds below: the frame of a box-and-arrow diagram, so a notebook cell holds only what is drawn."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    fig, ax = plt.subplots(figsize=size)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_axis_off()
+    draw(ax)
+    handles = [Patch(fc=c, ec="0.3", label=kind) for kind, c in DIAGRAM_COLOURS.items()]
+    ax.legend(handles=handles, loc="lower left", ncol=2, fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def ablation_figure(best: dict[str, dict], reference: str | None = None, metric: str = "miou", note: str = ""):
+    """Horizontal bars: each ablation's val score minus the reference row's (default: the first), for the cluster
+    and the linear head side by side; the reference's own values in the title. `best` maps a row name to a run's
+    metrics.json["best"] ({"cluster": {"acc", "miou"}, "linear": {...}})."""
+    import matplotlib.pyplot as plt
+
+    reference = reference or next(iter(best))
+    if reference not in best:
+        raise HpnbError(f"ablation_figure: reference row {reference!r} is not among {list(best)}")
+    rows = [name for name in best if name != reference]
+    heads = ("cluster", "linear")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * len(rows) + 1.3), sharey=True)
+    word = "mIoU" if metric == "miou" else "Acc"
+    for ax, head, colour in zip(axes, heads, ("tab:green", "tab:purple"), strict=True):
+        delta = [best[n][head][metric] - best[reference][head][metric] for n in rows]
+        bars = ax.barh(range(len(rows)), delta, color=[colour if d >= 0 else "0.6" for d in delta])
+        ax.bar_label(bars, labels=[f"{d:+.1f}" if abs(d) >= 0.05 else "0.0" for d in delta], fontsize=8, padding=2)
+        ax.axvline(0, color="k", lw=1)
+        span = max(1.0, *(abs(d) for d in delta))
+        ax.set_xlim(-1.35 * span, 1.35 * span)
+        ax.set_xlabel(f"Δ val {word} (points) vs {reference}")
+        ax.set_title(f"{head} head: {reference} at {best[reference][head][metric]:.1f} %", fontsize=10)
+    axes[0].set_yticks(range(len(rows)), rows)
+    axes[0].invert_yaxis()
+    if note:
+        fig.suptitle(note, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# -- small worked examples -----------------------------------------------------------------------------------------
+
+
+def circle_example(anchors, pool, criteria, masks: dict, names: str = "abcdefgh"):
+    """Unit vectors in 2-D: one panel per positive rule (`masks`: title -> bool (n, n), row i = P_i). Each anchor's
+    arc {x on the circle : sim(x, anchor) > c_anchor} is drawn in its colour, the pool as squares, and an arrow
+    i -> j for every j in P_i, so a one-sided pair shows one arrow and the symmetric rule the missing one."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch
+
+    anchors, pool = np.asarray(anchors, dtype=np.float64), np.asarray(pool, dtype=np.float64)
+    criteria = np.asarray(criteria, dtype=np.float64)
+    colours = plt.get_cmap("tab10").colors
+    fig, axes = plt.subplots(1, len(masks), figsize=(3.6 * len(masks), 3.7), squeeze=False)
+    for ax, (title, mask) in zip(axes[0], masks.items(), strict=True):
+        mask = np.asarray(mask, dtype=bool)
+        t = np.linspace(0, 2 * np.pi, 361)
+        ax.plot(np.cos(t), np.sin(t), color="0.85", lw=1)
+        for i, (a, c) in enumerate(zip(anchors, criteria, strict=True)):
+            centre, half = np.arctan2(a[1], a[0]), np.arccos(np.clip(c, -1, 1))
+            arc = np.linspace(centre - half, centre + half, 60)
+            r = 1.0 + 0.07 * (i + 1)
+            ax.plot(r * np.cos(arc), r * np.sin(arc), color=colours[i], lw=4, alpha=0.45, solid_capstyle="butt")
+            ax.scatter(*a, s=55, color=colours[i], zorder=3)
+            ax.annotate(f"{names[i]} (c={c:.2f})", a, xytext=0.62 * a, ha="center", va="center", fontsize=8)
+        ax.scatter(*pool.T, marker="s", s=55, color="k", zorder=3, label="pool $Q$")
+        for i, j in zip(*np.nonzero(mask), strict=True):
+            ax.add_patch(
+                FancyArrowPatch(
+                    0.9 * anchors[i], 0.9 * anchors[j], arrowstyle="-|>", mutation_scale=13, lw=1.6,
+                    color=colours[i], connectionstyle="arc3,rad=0.25",
+                )
+            )  # fmt: skip
+        ax.set_xlim(-1.45, 1.45)
+        ax.set_ylim(-1.45, 1.45)
+        ax.set_aspect("equal")
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=9)
+    axes[0, 0].legend(fontsize=7, loc="lower left", frameon=False)
+    fig.text(0.5, 0.01, "arc: where sim(·, anchor) > its c;  arrow i → j: j ∈ P_i", ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+def gradient_share_figure(window_rgb, share, anchor_name: str = "i", title: str = ""):
+    """One anchor's 3×3 window (`window_rgb`, the crop of an image or of its colour-coded labels, 3p × 3p) beside
+    a heatmap of the share of the anchor's gradient that reaches each cell (`share`, 9 values, row-major): the
+    cells that get none are hatched, the anchor is marked, and the colourbar starts at zero."""
+    import matplotlib.pyplot as plt
+
+    share = np.asarray(share, dtype=np.float64).reshape(3, 3)
+    window_rgb = np.asarray(window_rgb)
+    p = window_rgb.shape[0] / 3
+    fig, (ax_img, ax_map) = plt.subplots(1, 2, figsize=(6.6, 3.1), gridspec_kw={"width_ratios": (1, 1.25)})
+    ax_img.imshow(window_rgb, extent=(-0.5, 2.5, 2.5, -0.5))
+    ax_img.set_title(f"the window ({int(p)}-pixel patches)", fontsize=9)
+    im = ax_map.imshow(share, cmap="Greens", vmin=0, vmax=float(share.max()))
+    for ax in (ax_img, ax_map):
+        for y in range(3):
+            for x in range(3):
+                got = share[y, x] > 0
+                ax.add_patch(
+                    plt.Rectangle(
+                        (x - 0.5, y - 0.5), 1, 1, fill=False, ec="limegreen" if got else "red", lw=2.5,
+                        hatch=None if got or ax is ax_img else "//",
+                    )
+                )  # fmt: skip
+                text = f"{share[y, x]:.2f}" + ("\n(anchor)" if (y, x) == (1, 1) else "")
+                ax.text(
+                    x, y, text, ha="center", va="center", fontsize=9, color="white" if ax is ax_img else "k",
+                    bbox=dict(fc="black", alpha=0.45, lw=0, pad=1) if ax is ax_img else None,
+                )  # fmt: skip
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=ax_map, fraction=0.046, label=f"share of ∂ s$^{{mix}}_{anchor_name}$ reaching $s_j$")
+    ax_map.set_title("green: gets gradient, red hatched: none", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Your own images (notebook 07): overlays, a colour legend, cluster maps and the patches nearest each centroid
+# ----------------------------------------------------------------------------------------------------------
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The photo with its label colours blended in: (1 − α)·image + α·colour[label], uint8 (H, W, 3); pixels with
+    label −1 (ignore) keep the photo."""
+    image = np.asarray(image, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    paint = np.asarray(colours, dtype=np.float32)[labels.clip(0)]
+    blend = np.where((labels >= 0)[..., None], (1 - alpha) * image + alpha * paint, image)
+    return np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+
+
+def legend_figure(names: list[str], colours: np.ndarray, title: str = "clusters"):
+    """A small figure: one colour swatch per cluster with its id and name."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    colours = np.asarray(colours, dtype=np.uint8)
+    rows = math.ceil(len(names) / 2)
+    fig = plt.figure(figsize=(4.6, 0.35 + 0.28 * rows))
+    handles = [Patch(color=colours[k] / 255, label=f"{k}: {n}") for k, n in enumerate(names)]
+    fig.legend(handles=handles, loc="center", ncol=2, fontsize=9, frameon=False, title=title)
+    return fig
+
+
+def cluster_overlays(
+    images: list[np.ndarray], labels: list[np.ndarray], names: list[str], colours, alpha=0.5, titles=None
+):
+    """One row per image: the photo, its cluster map and the photo overlaid, with a legend of the clusters shown."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    colours = np.asarray(colours, dtype=np.uint8)
+    shown = sorted({int(k) for lab in labels for k in np.unique(lab) if k >= 0})
+    legend_cols = min(4, max(1, len(shown)))
+    legend_h = 0.3 + 0.22 * math.ceil(len(shown) / legend_cols)
+    height = 2.4 * len(images) + legend_h
+    fig, axes = plt.subplots(len(images), 3, figsize=(9, height), squeeze=False)
+    for r, (image, lab) in enumerate(zip(images, labels, strict=True)):
+        axes[r, 0].imshow(image)
+        axes[r, 1].imshow(colorize(lab, colours), interpolation="nearest")
+        axes[r, 2].imshow(overlay(image, lab, colours, alpha))
+        if titles is not None:
+            axes[r, 0].set_title(titles[r], fontsize=8)
+    for c, title in enumerate(("photo", "clusters", f"overlay (α = {alpha})")):
+        axes[0, c].set_title(title if titles is None or c else f"photo: {titles[0]}", fontsize=9)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    handles = [Patch(color=colours[k] / 255, label=f"{k}: {names[k]}") for k in shown]
+    fig.legend(handles=handles, loc="lower center", ncol=legend_cols, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, legend_h / height, 1, 1))
+    return fig
+
+
+def cluster_strips(
+    strips: list[np.ndarray], names: list[str], colours, shares: list[float] | None = None, cell: float = 0.75
+):
+    """One row per cluster: its colour and name (with its share of the patches), then the crops around the patches
+    nearest its centroid, nearest first. `strips[k]` is (n, s, s, 3) uint8; `cell` is the side of one crop in inches."""
+    import matplotlib.pyplot as plt
+
+    colours = np.asarray(colours, dtype=np.uint8)
+    n = max((len(s) for s in strips), default=1)
+    size = (cell * (n + 1) + 1.4, cell * len(strips) + 0.4)
+    fig, axes = plt.subplots(len(strips), n + 1, figsize=size, squeeze=False)
+    for k, crops in enumerate(strips):
+        axes[k, 0].imshow(np.broadcast_to(colours[k], (8, 8, 3)))
+        label = f"{k}: {names[k]}" + (f"\n{100 * shares[k]:.0f} % of patches" if shares is not None else "")
+        axes[k, 0].text(-0.15, 0.5, label, transform=axes[k, 0].transAxes, ha="right", va="center", fontsize=8)
+        for j in range(n):
+            if j < len(crops):
+                axes[k, j + 1].imshow(crops[j])
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.suptitle(
+        "patches nearest each cluster centroid (nearest first; the patch in the middle of each crop)", fontsize=9
+    )
+    fig.tight_layout(rect=(1.4 / size[0], 0, 1, 0.97))
+    return fig

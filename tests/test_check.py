@@ -54,7 +54,7 @@ def test_every_exercise_is_in_its_notebook_once_and_notebooks_from_01_have_two_t
         assert EXERCISES[name].notebook == nb, (
             f"{name} is listed for notebook {EXERCISES[name].notebook}, found in {nb}"
         )
-    per_notebook = {nb: sum(1 for n, _ in names if n == nb) for nb in ("01", "02", "03", "04", "05", "06")}
+    per_notebook = {nb: sum(1 for n, _ in names if n == nb) for nb in ("01", "02", "03", "04", "05", "06", "07")}
     assert all(2 <= k <= 4 for k in per_notebook.values()), per_notebook
 
 
@@ -184,6 +184,18 @@ WRONG = {  # the mistakes each exercise's `catches` names, one function each: ev
         _one_sided_with_anchor,  # the anchor left in
     ],
     "seed_spread": [lambda v: (statistics.mean(v), statistics.pstdev(v))],
+    "overlay": [
+        lambda im, lab, col, a: reference("overlay")(im, lab, col, 1 - a),  # α and 1 − α swapped
+        lambda im, lab, col, a: ((1 - a) * im + a * col[lab]).round().astype(np.uint8),  # −1 takes the last colour
+        lambda im, lab, col, a: np.where(  # truncated instead of rounded
+            (lab >= 0)[..., None], ((1 - a) * im + a * col[lab.clip(0)]).astype(np.uint8), im
+        ),
+    ],
+    "closest_patches": [
+        lambda codes, c, n: (codes @ c).topk(n).indices,  # no normalisation: long codes win
+        lambda codes, c, n: (F.normalize(codes, dim=1) @ F.normalize(c, dim=0)).topk(n, largest=False).indices,
+        lambda codes, c, n: (F.normalize(codes, dim=1) @ F.normalize(c, dim=0)).topk(n).values,  # not the indices
+    ],
 }
 
 

@@ -175,6 +175,35 @@ PROMPTS = [
         ),
         expect="(h) loss propagation",
     ),
+    Prompt(
+        "07",
+        1,
+        "Set `FOLDER` to a folder of your own photos",
+        "## 1.",
+        replace=("FOLDER = None", 'FOLDER = hpnb.utils.repo_root() / "data" / "datasets" / "example_folder"'),
+        expect="36 training images",
+    ),
+    Prompt(
+        "07",
+        2,
+        "Change `N_CLUSTERS` to 4",
+        "## 2.",
+        replace=("N_CLUSTERS = 8", "N_CLUSTERS = 4"),
+        expect="nb07_folder-",
+    ),
+    Prompt(
+        "07",
+        3,
+        'shutil.copytree(folder, "/tmp/bad_folder")',
+        "## 1.",
+        code="import pathlib, shutil\nfrom PIL import Image\n"
+        'shutil.copytree(folder, "/tmp/bad_folder", dirs_exist_ok=True)\n'
+        'pathlib.Path("/tmp/bad_folder/notes.jpg").write_text("not an image")\n'
+        'pathlib.Path("/tmp/bad_folder/empty.jpg").write_bytes(b"")\n'
+        'Image.new("RGB", (10, 10)).save("/tmp/bad_folder/tiny.png")\n'
+        'hpnb.data.get_dataset("folder", "train", root="/tmp/bad_folder")',
+        expect="skipped 2 of",
+    ),
 ]
 
 

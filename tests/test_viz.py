@@ -91,3 +91,111 @@ def test_label_grid_titles_and_legend_below_the_images(rows, n_classes):
     assert len(legend.get_texts()) == n_classes
     lowest_image = min(ax.get_window_extent(renderer).y0 for ax in axes[-1])
     assert legend.get_window_extent(renderer).y1 <= lowest_image
+
+
+# -- the figures re-made for the workshop (issue 12) ---------------------------------------------------------------
+
+
+def _log(steps=12, val_every=4):
+    rows = []
+    for t in range(1, steps + 1):
+        row = dict(step=t, loss=3 - 0.1 * t, phi=2 - 0.05 * t, psi=1 - 0.05 * t, reg=0.1, lam=max(0.0, (t - 2) / 10))
+        if t % val_every == 0:
+            row["val"] = {"cluster": {"miou": 10 + t, "acc": 40}, "linear": {"miou": 30 - t, "acc": 50}}
+        rows.append(row)
+    return rows
+
+
+def test_diagram_draws_the_boxes_and_a_legend_of_every_kind():
+    from hpnb.viz import DIAGRAM_COLOURS, diagram, diagram_arrow, diagram_box
+
+    def draw(ax):
+        diagram_box(ax, 2, 2, "head $S$", "trained")
+        diagram_arrow(ax, (0, 0), (2, 2), style="--", label="EMA")
+
+    fig = diagram(draw, "a title")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(DIAGRAM_COLOURS)
+    assert {t.get_text() for t in ax.texts} == {"head $S$", "EMA"} and ax.get_title() == "a title"
+    with pytest.raises(HpnbError, match="kind must be one of"):
+        diagram_box(ax, 0, 0, "x", "learned")
+
+
+def test_training_log_marks_the_best_validation_step_and_shades_the_warm_up():
+    from hpnb.viz import training_log
+
+    fig = training_log(_log(), alpha=0.05)
+    ax, ax_reg, ax_val, ax_lam = fig.axes
+    assert ax.get_xlabel() == "iteration t" and ax_val.get_ylabel() == "val mIoU (%)"
+    assert "α = 0.05" in ax_reg.get_title()
+    stars = [line for line in ax_val.lines if line.get_marker() == "*"]
+    assert sorted((float(s.get_xdata()[0]), float(s.get_ydata()[0])) for s in stars) == [(4.0, 26.0), (12.0, 22.0)]
+    (span,) = ax.patches  # the warm-up: λ = 0 up to t = 2 in _log
+    assert (span.get_x(), span.get_width()) == (0, 2)
+    with pytest.raises(HpnbError, match="no logged steps"):
+        training_log([])
+
+
+def test_ablation_figure_draws_each_row_minus_the_reference():
+    from hpnb.viz import ablation_figure
+
+    best = {
+        "(a) full": {"cluster": {"miou": 20.0, "acc": 50.0}, "linear": {"miou": 30.0, "acc": 60.0}},
+        "(b) no LHP": {"cluster": {"miou": 22.5, "acc": 49.0}, "linear": {"miou": 28.0, "acc": 58.0}},
+        "(c) no SP": {"cluster": {"miou": 19.0, "acc": 51.0}, "linear": {"miou": 30.0, "acc": 61.0}},
+    }
+    fig = ablation_figure(best)
+    widths = [[round(b.get_width(), 6) for b in ax.patches] for ax in fig.axes]
+    assert widths == [[2.5, -1.0], [-2.0, 0.0]]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["(b) no LHP", "(c) no SP"]
+    with pytest.raises(HpnbError, match="reference row"):
+        ablation_figure(best, reference="(z)")
+
+
+def test_circle_example_draws_one_arrow_per_positive_pair():
+    import torch
+
+    from hpnb.viz import circle_example
+
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    one = torch.tensor([[0, 1, 0], [0, 0, 0], [0, 0, 0]], dtype=torch.bool)
+    fig = circle_example(x, x[:1], torch.tensor([0.9, 0.5, 0.1]), {"one": one, "both": one | one.T})
+    assert [len(ax.patches) for ax in fig.axes] == [1, 2]
+
+
+def test_gradient_share_figure_hatches_exactly_the_cells_without_gradient():
+    from hpnb.viz import gradient_share_figure
+
+    share = [0.3, 0.2, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0]
+    fig = gradient_share_figure(np.zeros((42, 42, 3), np.uint8), share)
+    heat = fig.axes[1]
+    assert sum(bool(p.get_hatch()) for p in heat.patches) == 6
+    assert heat.images[0].get_clim() == (0.0, 0.5)  # the colour scale starts at zero
+
+
+def test_plot_log_saves_the_training_log_figure(tmp_path):
+    import json
+
+    from hpnb.train import plot_log
+
+    assert plot_log(tmp_path) is None  # nothing logged yet
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _log()))
+    assert plot_log(tmp_path, alpha=0.05) == tmp_path / "loss.png" and (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_progress_bar_in_a_notebook_displays_the_widget_alone(monkeypatch):
+    import IPython.display
+
+    import hpnb.utils
+
+    shown = []
+    monkeypatch.setattr(hpnb.utils, "in_notebook", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False: shown.append((obj, raw)))
+    bar = hpnb.utils.progress_bar(total=3, desc="train")
+    bar.update(3)
+    bar.close()
+    assert len(shown) == 1 and shown[0][1] is True
+    assert list(shown[0][0]) == [hpnb.utils.WIDGET_VIEW]  # no text/plain: nbval compares none of it
+    assert shown[0][0][hpnb.utils.WIDGET_VIEW]["model_id"] == bar.container.model_id
+    monkeypatch.setattr(hpnb.utils, "in_notebook", lambda: False)
+    assert type(hpnb.utils.progress_bar(total=1, disable=True)).__module__ == "tqdm.std"

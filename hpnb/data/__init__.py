@@ -5,7 +5,7 @@ Potsdam-3), their transforms and photometric augmentation, and the five-crop tra
     hpnb.data.DATASETS                                # name -> class
     python -m hpnb prepare five-crop --dataset cocostuff27 --root DIR   # spec §3.2
 
-One file per dataset (`camvid`, `cocostuff27`, `cityscapes27`, `potsdam3`, `toyworld`), `transforms` (normalisation,
+One file per dataset (`camvid`, `cocostuff27`, `cityscapes27`, `potsdam3`, `toyworld`, `folder`: your own images), `transforms` (normalisation,
 resize/crop, photometric augmentation), `five_crop`, `base` (what file datasets share) and `registry`.
 """
 
@@ -26,6 +26,7 @@ from hpnb.data.camvid import CAMVID_CLASSES, CamVid
 from hpnb.data.cityscapes27 import CITYSCAPES27_CLASSES, Cityscapes27, cityscapes_label_to_27
 from hpnb.data.cocostuff27 import COCO27_CLASSES, CocoStuff27, coco_fine_to_coarse
 from hpnb.data.five_crop import CroppedDataset, cropped_dir, five_crop, five_crop_boxes
+from hpnb.data.folder import FolderWarning, ImageFolder, example_folder
 from hpnb.data.potsdam3 import POTSDAM3_CLASSES, Potsdam3, potsdam_fine_to_coarse
 from hpnb.data.registry import DATASETS, FILE_DATASETS, data_root, get_dataset
 from hpnb.data.toyworld import ToyWorld
@@ -62,6 +63,9 @@ __all__ = [
     "DOWNLOAD_CMD",
     "FIVE_CROP_CMD",
     "ToyWorld",
+    "ImageFolder",
+    "FolderWarning",
+    "example_folder",
     "CamVid",
     "CocoStuff27",
     "Cityscapes27",

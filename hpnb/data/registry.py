@@ -17,6 +17,7 @@ from hpnb.data.camvid import CamVid
 from hpnb.data.cityscapes27 import Cityscapes27
 from hpnb.data.cocostuff27 import CocoStuff27
 from hpnb.data.five_crop import CroppedDataset
+from hpnb.data.folder import ImageFolder
 from hpnb.data.potsdam3 import Potsdam3
 from hpnb.data.toyworld import ToyWorld
 
@@ -26,6 +27,7 @@ DATASETS: dict[str, type] = {
     "cocostuff27": CocoStuff27,
     "cityscapes27": Cityscapes27,
     "potsdam3": Potsdam3,
+    "folder": ImageFolder,  # your own images: data_root = any folder of photos, labels optional
 }
 FILE_DATASETS = {name: cls for name, cls in DATASETS.items() if issubclass(cls, SegDataset)}  # read from folders
 
@@ -46,9 +48,11 @@ def get_dataset(
     crop_type: str | None = None,
     n: int | None = None,
     seed: int = 0,
+    n_clusters: int | None = None,
 ) -> torch.utils.data.Dataset:
     """A dataset by registry name. `n` keeps the first n items (the toy world generates exactly n scenes; `seed`
-    is the toy world's); `crop_type="five"` reads the five-crop folder of a file dataset."""
+    is the toy world's); `crop_type="five"` reads the five-crop folder of a file dataset; `n_clusters` is the
+    number of clusters of an unlabelled "folder" (ignored by the other datasets)."""
     key = name.lower()
     if key not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}.")
@@ -59,6 +63,10 @@ def get_dataset(
         return ToyWorld(split=split, n=n, seed=seed, **kwargs)
     if crop_type is not None:
         dataset = CroppedDataset(root, DATASETS[key], split, crop_type=crop_type, res=res, transform=transform)
+        if key == "folder":  # the class list is the folder's own (classes.txt), not a fixed one
+            dataset.classes = ImageFolder.read_classes(dataset.root)
+    elif key == "folder":
+        dataset = ImageFolder(root, split, res, transform, n_clusters=n_clusters)
     else:
         dataset = DATASETS[key](root, split, res, transform)
     if n is not None:
