@@ -8,6 +8,8 @@ Only the last block materialises attention; every other block keeps timm's fused
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import types
 from dataclasses import dataclass
@@ -231,6 +233,41 @@ class FrozenViT(nn.Module):
         return BackboneOutput(feats=feats, attn=scores)
 
 
+# Python objects a weights file may hold besides tensors and containers: DINO's training checkpoint (main_dino.py's
+# checkpoint.pth) saves its command-line arguments as an argparse.Namespace under "args"
+CHECKPOINT_GLOBALS = [argparse.Namespace]
+
+
+def _load_failure(err: Exception) -> str:
+    """What a failed torch.load found, in one line: the WeightsUnpickler's reason when it gives one."""
+    text = str(err).split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0].split(' Please use', 1)[0]}" if lines else type(err).__name__
+
+
+def _torch_load(path: Path):
+    """torch.load(weights_only=True) with `CHECKPOINT_GLOBALS` allowed (torch ≥ 2.5); an HpnbError if it fails."""
+    allow = getattr(torch.serialization, "safe_globals", None)
+    scope = allow(CHECKPOINT_GLOBALS) if allow is not None else contextlib.nullcontext()
+    try:
+        with scope:
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file, truncated, or an object weights_only refuses
+        if "Unsupported global" in str(err):
+            hint = (
+                "If the file comes from a source you trust, save its weights alone and pass that file: "
+                f"torch.save(torch.load('{path}', weights_only=False)['teacher'], 'teacher.pth') (or the key that "
+                "holds them), then weights='teacher.pth'."
+            )
+        else:
+            hint = "It is not a complete torch.save file (a download cut short, a web page saved instead?): fetch it again."
+        raise HpnbError(
+            f"{path} could not be read as backbone weights ({_load_failure(err)}). hpnb reads a state dict saved by "
+            "torch.save (.pth/.pt: the weights, {'state_dict': ...}, or a DINO training checkpoint with 'teacher') or "
+            f"a .safetensors file, with torch.load(weights_only=True), which refuses other Python objects. {hint}"
+        ) from err
+
+
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from .pth/.pt (weights_only) or .safetensors; DINO training checkpoints are unwrapped."""
     if not path.is_file():
@@ -240,7 +277,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
         state = load_file(str(path), device="cpu")
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _torch_load(path)
     if isinstance(state, dict) and "teacher" in state:  # a DINO training checkpoint
         state = state["teacher"]
     if isinstance(state, dict) and "state_dict" in state:

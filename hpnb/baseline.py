@@ -10,16 +10,19 @@ import torch.nn.functional as F
 
 from hpnb.features import FeatureSet
 from hpnb.metrics import Scores, SegmentationMetric
+from hpnb.utils import device_generator
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0, tol: float = 1e-6) -> torch.Tensor:
-    """Spherical k-means (cosine assignment, renormalised means) with k-means++ seeding; x_nd unit rows -> (k, d)."""
+    """Spherical k-means (cosine assignment, renormalised means) with k-means++ seeding; x_nd unit rows -> (k, d).
+
+    Runs where x is; the seeding draws come from a generator on that device, seeded with `seed`."""
     if x.shape[0] < k:
         raise ValueError(f"k-means needs at least k={k} points, found {x.shape[0]}")
-    gen = torch.Generator().manual_seed(seed)
+    gen = device_generator(x.device, seed)
     # float64 on the CPU: the assignments, and every score printed from them, then do not depend on the thread count
     x = F.normalize(x.double() if x.device.type == "cpu" else x.float(), dim=1)
-    centroids = x[torch.randint(len(x), (1,), generator=gen)]
+    centroids = x[torch.randint(len(x), (1,), generator=gen, device=x.device)]
     for _ in range(1, k):  # k-means++: next centre drawn ∝ squared distance to the nearest chosen one
         d2 = (2 - 2 * (x @ centroids.T)).clamp_min(0).min(dim=1).values
         nxt = torch.multinomial(d2 + 1e-12, 1, generator=gen)
@@ -53,10 +56,13 @@ def cluster_logits(feats: torch.Tensor, centroids: torch.Tensor, size: tuple[int
 
 
 def predict_clusters(fs: FeatureSet, centroids: torch.Tensor, batch: int = 4) -> torch.Tensor:
-    """Cluster index per pixel at label resolution, (N, H, W) int64."""
-    size = tuple(fs.labels.shape[-2:])
+    """Cluster index per pixel at label resolution, (N, H, W) int64 on the CPU, computed on the centroids' device."""
+    size, device = tuple(fs.labels.shape[-2:]), centroids.device
     return torch.cat(
-        [cluster_logits(fs.feats[i : i + batch], centroids, size).argmax(1) for i in range(0, len(fs), batch)]
+        [
+            cluster_logits(fs.feats[i : i + batch].to(device), centroids, size).argmax(1).cpu()
+            for i in range(0, len(fs), batch)
+        ]
     )
 
 

@@ -29,7 +29,7 @@ class HPConfig:
     val_res: int = 224  # evaluation centre crop (official: 320 for patch 8)
     train_split: str = "train"
     val_split: str = "val"
-    test_split: str = "test"
+    test_split: str = "test"  # the evaluation's default split: it must be one of the dataset's `splits`
     n_train: int | None = None  # toy world only: number of scenes
     n_val: int | None = None
     n_clusters: int | None = None  # an unlabelled "folder": the number of clusters (K of k-means) to learn
@@ -38,7 +38,7 @@ class HPConfig:
     backbone_weights: str | None = None
     backbone_mode: str = "cache"  # "cache": features computed once | "online": backbone every iteration
     aug_views: int = 2  # cache mode: augmented views per image, computed once
-    feature_precision: str = "auto"  # cache mode: "auto" = float64 on CPU (same cache on every CPU), bf16 on CUDA
+    feature_precision: str = "auto"  # cache mode: "auto" = float64 on CPU (same cache on every CPU), fp16 on a GPU
     jitter_after_normalise: bool = True  # the official (harsh) photometric augmentation
     # method
     form: str = "code"  # "code" (official implementation) | "paper" (Eq. 2-11 as printed)
@@ -75,7 +75,9 @@ class HPConfig:
     log_every: int = 5
     seed: int = 0
     device: str | None = None
-    amp: bool = True  # autocast on CUDA (ignored on CPU)
+    amp: bool | None = None  # bf16 autocast: None = on a GPU only, true = on any device (CPU too), false = off
+    tf32: bool = True  # CUDA: TF32 matmuls for the heads and the loss's logits (criteria and positives stay fp32)
+    workers: int | None = None  # online mode's DataLoader processes: None = 0 on the CPU, up to 8 beside a GPU
     crf: bool = True
     crf_workers: int | None = None
     extra: dict = field(default_factory=dict)
@@ -95,7 +97,11 @@ class HPConfig:
 
 
 FIELDS = {f.name: f for f in fields(HPConfig)}
-ADDED = {"n_clusters": None}  # fields added after the first runs were saved, with their defaults
+ADDED = {
+    "n_clusters": None,
+    "tf32": True,
+    "workers": None,
+}  # fields added after the first runs were saved, with their defaults
 
 # Official values (spec §5). Backbone features of these sets are too large to cache: online mode.
 _OFFICIAL = dict(
@@ -111,6 +117,9 @@ _OFFICIAL = dict(
     linear_lr=1e-3,
     cluster_lr=5e-3,
     chunk_images=4,
+    # the paper scores the val lists (spec §4.2): COCO-Stuff-27 and Potsdam-3 have no test split, Cityscapes' test
+    # labels are withheld
+    test_split="val",
 )
 PRESETS: dict[str, dict] = {
     "cocostuff27": dict(

@@ -30,6 +30,11 @@ class Predictor:
     centroids: torch.Tensor
     name: str = "model"
 
+    @property
+    def device(self) -> torch.device:
+        """Where the predictor computes (its centroids' device, the model's): features are moved there per batch."""
+        return self.centroids.device
+
 
 def model_predictor(model, name: str = "HP") -> Predictor:
     """Predictor of a trained HPModel (eval mode: no dropout; codes from S, as the official evaluation)."""
@@ -77,12 +82,17 @@ def kmeans_predictor(
     probe_steps: int = 200,
     probe_batch: int = 8,
     probe_lr: float = 1e-3,
+    device=None,
 ) -> Predictor:
-    """The baseline: k-means centroids (on L2-normalised features) and a linear probe, both on the frozen backbone."""
+    """The baseline: k-means centroids (on L2-normalised features) and a linear probe, both on the frozen backbone,
+    fitted on `device` (default: the CPU)."""
     from hpnb.baseline import kmeans, sample_patches
 
-    centroids = kmeans(sample_patches(train, 100_000, seed), n_classes, seed=seed)
-    probe = fit_linear_probe(train, n_classes, steps=probe_steps, lr=probe_lr, batch=probe_batch, seed=seed)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    centroids = kmeans(sample_patches(train, 100_000, seed).to(device), n_classes, seed=seed)
+    probe = fit_linear_probe(
+        train, n_classes, steps=probe_steps, lr=probe_lr, batch=probe_batch, seed=seed, device=device
+    )
     return Predictor(codes=lambda f: f.float(), linear=probe, centroids=centroids, name="k-means")
 
 
@@ -128,7 +138,10 @@ def evaluate(
     crf_chunk: int = 128,
     progress: bool = False,
 ) -> EvalResult:
-    """Score a predictor on a cached split: cluster (Hungarian) and linear, optionally + dense CRF."""
+    """Score a predictor on a cached split: cluster (Hungarian) and linear, optionally + dense CRF.
+
+    The split's cached features stay on the CPU; each batch is moved to the predictor's device (`Predictor.device`),
+    and what leaves it for the CRF, the confusion counts and the kept samples comes back to the CPU."""
     from hpnb.metrics import matched_confusion
 
     heads = ("cluster", "linear") + (("cluster+crf", "linear+crf") if crf else ())
@@ -141,6 +154,7 @@ def evaluate(
     raw = {h: [] for h in heads}  # unmatched predictions of the first `keep` images
     pending = []  # CRF inputs waiting for a parallel batch
     centroids = F.normalize(pred.centroids.float(), dim=1)
+    device = pred.device
 
     def flush():
         from hpnb.crf import crf_batch
@@ -156,8 +170,8 @@ def evaluate(
         pending.clear()
 
     for start in tqdm(range(0, len(fs), batch), desc="evaluate", disable=not progress, leave=False):
-        feats = fs.feats[start : start + batch].float()
-        labels = fs.labels[start : start + batch].long()
+        feats = fs.feats[start : start + batch].to(device, non_blocking=True).float()
+        labels = fs.labels[start : start + batch].long()  # CPU: `confusion_matrix` counts on the predictions' device
         size = tuple(labels.shape[-2:])
         codes = pred.codes(feats)  # (b, K, h, w)
         lin_grid = pred.linear(codes)  # linear probe commutes with bilinear upsampling (weights sum to 1)
@@ -168,11 +182,12 @@ def evaluate(
             metrics[name].update(p, labels)
             for j in range(len(p)):
                 if start + j < keep:
-                    raw[name].append(p[j])
+                    raw[name].append(p[j].cpu())
         if crf:
             for j in range(len(feats)):
-                cluster_logp = torch.log_softmax(2 * cos[j], dim=0).half().numpy()  # official alpha = 2
-                pending.append((fs.images[start + j].numpy(), cluster_logp, lin_grid[j].numpy(), labels[j], start + j))
+                cluster_logp = torch.log_softmax(2 * cos[j], dim=0).half().cpu().numpy()  # official alpha = 2
+                lin_logits = lin_grid[j].cpu().numpy()
+                pending.append((fs.images[start + j].numpy(), cluster_logp, lin_logits, labels[j], start + j))
             if len(pending) >= crf_chunk:
                 flush()
     if pending:
@@ -204,8 +219,9 @@ METHODS = ("HP", "raw features")
 
 
 def _memo(key: str, make):
-    """(linear probe state, centroids) of a baseline fitted on raw features, cached on disk: the raw rows are the
-    same for every run of a sweep that shares the data, the seed and the probe budget."""
+    """(linear probe, centroids) of a baseline fitted on raw features, cached on disk: the raw rows are the same for
+    every run of a sweep that shares the data, the seed and the probe budget. Saved from the CPU, read back there
+    (`protocol_predictors` moves them to the model's device)."""
     from hpnb.utils import atomic_save, cache_dir
 
     path = cache_dir("baselines") / f"{key}.pt"
@@ -216,46 +232,83 @@ def _memo(key: str, make):
         probe.load_state_dict(state)
         return probe.eval(), centroids
     probe, centroids = make()
-    atomic_save({**probe.state_dict(), "centroids": centroids}, path)
+    atomic_save({**{k: v.cpu() for k, v in probe.state_dict().items()}, "centroids": centroids.cpu()}, path)
     return probe, centroids
 
 
-def protocol_predictors(model, train: FeatureSet, n_classes: int, cfg, steps: int) -> dict:
+def _source_tag(train) -> str | None:
+    """The name of a training split in the file names of fitted baselines: its cache file's, or a streamed split's."""
+    from hpnb.probes import StreamedFeatures
+
+    if isinstance(train, StreamedFeatures):
+        return train.tag
+    return train.path.stem if train.path is not None else None
+
+
+def protocol_predictors(model, train, n_classes: int, cfg, steps: int, progress: bool = False) -> dict:
     """{protocol: {method: Predictor}} for the two protocols, HP's codes against the raw backbone features.
 
     (i) online: HP's own online probes (from its checkpoint, trained `steps` steps) against the same probes trained
     alone for `steps` steps on the raw features; (ii) converged: k-means and a converged linear probe on frozen HP
-    codes against the same on the raw features (`hpnb.probes`)."""
+    codes against the same on the raw features (`hpnb.probes`). `train`: a FeatureSet, or `StreamedFeatures` for a
+    split too large for memory (the converged probes then fit one shared uniform sample of its patches). Every probe
+    is fitted on the model's device, and every predictor computes there."""
     import copy
+    import functools
 
-    from hpnb.probes import fit_kmeans, fit_linear_converged, fit_online_probes
+    from hpnb.probes import (
+        WHOLE_PATCHES,
+        fit_kmeans,
+        fit_linear_converged,
+        fit_online_probes,
+        needs_sample,
+        patch_sample,
+    )
 
     model.eval()
+    device = next(model.parameters()).device
     hp_codes = lambda f: model.heads.seg(f.float())  # noqa: E731  (eval mode: no dropout)
     raw = lambda f: f.float()  # noqa: E731
     # the converged probes are fitted on codes from a float64 copy of S on the CPU, as the feature caches are
     # computed: the fit, and the scores printed from it, then do not depend on the CPU or its thread count
-    cpu = next(model.parameters()).device.type == "cpu"
+    cpu = device.type == "cpu"
     seg64 = copy.deepcopy(model.heads.seg).double().eval() if cpu else model.heads.seg
     fit_codes = (lambda f: seg64(f.double())) if cpu else hp_codes  # noqa: E731
-    tag = f"{train.path.stem}_seed{cfg.seed}" if train.path is not None else None
-    online_key = f"{tag}_online_{steps}x{cfg.batch_size}_lr{cfg.linear_lr}_{cfg.cluster_lr}"
+    sampled = needs_sample(train)
+
+    @functools.cache
+    def sample():  # one pass over the split, shared by the four converged fits; none for a split fitted whole
+        return patch_sample(train, n_classes, seed=cfg.seed, progress=progress) if sampled else None
+
+    name = _source_tag(train)
+    tag = f"{name}_seed{cfg.seed}" if name is not None else None
+    on = "" if cpu else f"_{device.type}"  # fitted in float32 on an accelerator: not the CPU's float64 fits
+    online_key = f"{tag}_online_{steps}x{cfg.batch_size}_lr{cfg.linear_lr}_{cfg.cluster_lr}{on}"
+    converged_key = f"{tag}_converged{f'_sample{WHOLE_PATCHES}' if sampled else ''}{on}"
 
     def raw_online():
-        return fit_online_probes(train, n_classes, steps, cfg.batch_size, cfg.linear_lr, cfg.cluster_lr, cfg.seed)
+        return fit_online_probes(
+            train, n_classes, steps, cfg.batch_size, cfg.linear_lr, cfg.cluster_lr, cfg.seed, device=device
+        )
 
     def raw_converged():
-        return fit_linear_converged(train, n_classes), fit_kmeans(train, n_classes, seed=cfg.seed)
+        return (
+            fit_linear_converged(train, n_classes, device=device, sample=sample()),
+            fit_kmeans(train, n_classes, seed=cfg.seed, device=device, sample=sample()),
+        )
 
-    online = _memo(online_key, raw_online) if tag else raw_online()
-    converged = _memo(f"{tag}_converged", raw_converged) if tag else raw_converged()
+    def on_device(fitted: tuple) -> tuple:  # a baseline read back from disk is on the CPU
+        return fitted[0].to(device), fitted[1].to(device)
+
+    online = on_device(_memo(online_key, raw_online) if tag else raw_online())
+    converged = on_device(_memo(converged_key, raw_converged) if tag else raw_converged())
     return {
         "online": {"HP": model_predictor(model), "raw features": Predictor(raw, *online, name="raw features")},
         "converged": {
             "HP": Predictor(
                 hp_codes,
-                fit_linear_converged(train, n_classes, fit_codes),
-                fit_kmeans(train, n_classes, fit_codes, seed=cfg.seed),
+                fit_linear_converged(train, n_classes, fit_codes, device=device, sample=sample()),
+                fit_kmeans(train, n_classes, fit_codes, seed=cfg.seed, device=device, sample=sample()),
                 name="HP",
             ),
             "raw features": Predictor(raw, *converged, name="raw features"),
@@ -282,41 +335,38 @@ def evaluate_on_split(
     baseline: bool = True,
     progress: bool = True,
     workers: int | None = None,
+    device: str | torch.device | None = None,
 ) -> RunEvaluation:
     """Evaluate a run's selected checkpoint on a split (default: the preset's test split) under both protocols,
     HP's codes beside the raw backbone features (`PROTOCOLS`); write eval_<split>.json and cluster_mapping.json.
 
     The raw features' online probes train for the steps of the HP checkpoint they are compared with
     (`hpnb.runs.selected_step`). `baseline=False` scores HP's online probes only. The CRF (optional) refines the
-    protocol (i) rows, as in the paper. Figures and the Markdown report: `hpnb.report.evaluate_run`."""
+    protocol (i) rows, as in the paper. Everything runs on `device` (default: `run_device`, the GPU when there is
+    one); the split's features are cached on the CPU, the baseline's training features streamed when the split is
+    large (`baseline_features`). Figures and the Markdown report: `hpnb.report.evaluate_run`."""
     import json
     from pathlib import Path
 
     from hpnb.backbones import load_backbone
     from hpnb.crf import resolve_crf
-    from hpnb.features import extract_features
     from hpnb.runs import dataset_for, selected_step
 
     crf = resolve_crf(crf)  # without pydensecrf: one line, then no "+crf" heads
     run = Path(run)
     cfg, model = load_run(run, which)
     split = split or cfg.test_split
-    backbone = load_backbone(cfg.backbone, weights=cfg.backbone_weights, device="cpu")
+    device = run_device(cfg) if device is None else torch.device(device)
+    model.to(device)
+    backbone = load_backbone(cfg.backbone, weights=cfg.backbone_weights, device=device)
     fs = extract_features_for(
         backbone, dataset_for(cfg, split, cfg.val_res, cfg.n_val), progress, precision=cfg.feature_precision
     )
     n_classes, classes = model.n_classes, list(model.classes)
     steps = selected_step(run, which)
     if baseline:
-        reuse = cfg.backbone_mode == "cache" and cfg.val_res == cfg.res  # the trainer's cache carries attention
-        train_fs = extract_features(
-            backbone,
-            dataset_for(cfg, cfg.train_split, cfg.val_res, cfg.n_train),
-            attention=reuse,
-            progress=progress,
-            precision=cfg.feature_precision,
-        )
-        predictors = protocol_predictors(model, train_fs, n_classes, cfg, steps)
+        train = baseline_features(backbone, dataset_for(cfg, cfg.train_split, cfg.val_res, cfg.n_train), cfg, progress)
+        predictors = protocol_predictors(model, train, n_classes, cfg, steps, progress=progress)
     else:
         predictors = {"online": {"HP": model_predictor(model)}}
     results = {
@@ -353,6 +403,38 @@ def evaluate_on_split(
     return RunEvaluation(summary=summary, results=results, features=fs, cfg=cfg)
 
 
+def run_device(cfg) -> torch.device:
+    """Where a loaded run is evaluated and predicts: the run's configured device when this machine has it (a CUDA
+    run read back on a machine without a GPU falls back), else `hpnb.utils.pick_device` ($HPNB_DEVICE, else CUDA
+    when present, else the CPU)."""
+    from hpnb.utils import pick_device
+
+    wanted = getattr(cfg, "device", None)
+    if wanted and (torch.device(wanted).type != "cuda" or torch.cuda.is_available()):
+        return pick_device(wanted)
+    return pick_device()
+
+
+def baseline_features(backbone, dataset, cfg, progress: bool = True):
+    """The training split the baseline's probes are fitted on: its feature cache (a FeatureSet, shared with the
+    trainer's when the resolutions match) up to `hpnb.probes.WHOLE_PATCHES` patches, else `StreamedFeatures` (the
+    backbone run batch by batch: the paper's training sets do not fit in memory)."""
+    from hpnb.features import extract_features
+    from hpnb.probes import WHOLE_PATCHES, StreamedFeatures
+
+    h, w = dataset[0]["image"].shape[-2:]
+    patches = len(dataset) * (h // backbone.patch_size) * (w // backbone.patch_size)
+    if patches > WHOLE_PATCHES:
+        from hpnb.features import cache_path, dataset_key, resolve_precision
+
+        device = next(backbone.parameters()).device
+        precision = resolve_precision(cfg.feature_precision, device)
+        tag = cache_path(backbone, dataset_key(dataset), False, precision).stem
+        return StreamedFeatures(backbone, dataset, precision, workers=cfg.workers, tag=f"{tag}_streamed")
+    reuse = cfg.backbone_mode == "cache" and cfg.val_res == cfg.res  # the trainer's cache carries attention
+    return extract_features(backbone, dataset, attention=reuse, progress=progress, precision=cfg.feature_precision)
+
+
 def extract_features_for(backbone, dataset, progress: bool = True, precision: str = "auto"):
     """Cached features without attention (evaluation does not need it)."""
     from hpnb.features import extract_features
@@ -368,7 +450,7 @@ def _image_cluster_scores(codes: torch.Tensor, centroids: torch.Tensor, size: tu
     )
     if not cosine:
         return dots[0]
-    sq = torch.zeros(1, 1, *size)
+    sq = torch.zeros(1, 1, *size, dtype=codes.dtype, device=codes.device)
     for k in range(0, codes.shape[1], 16):
         up = F.interpolate(codes[:, k : k + 16], size=size, mode="bilinear", align_corners=False)
         sq += up.pow(2).sum(1, keepdim=True)
@@ -395,18 +477,19 @@ def image_labels(image: np.ndarray, cfg, model, backbone, crf: bool = False, hea
         torch.from_numpy(np.array(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))).permute(2, 0, 1).float()
         / 255
     )
-    with torch.no_grad():
-        feats = backbone(normalize(x)[None], attention=False).feats
-        codes = model.heads.seg(feats.float())
+    backbone_device, device = next(backbone.parameters()).device, next(model.parameters()).device
+    with torch.no_grad():  # the backbone and the heads each on their own device; the label map back on the CPU
+        feats = backbone(normalize(x)[None].to(backbone_device), attention=False).feats
+        codes = model.heads.seg(feats.to(device).float())
         if head == "linear":
             grid_logits = model.linear_probe(codes)
             logits = F.interpolate(grid_logits, size=(h, w), mode="bilinear", align_corners=False)[0]
         else:  # the CRF needs true cosines; the argmax alone does not (`cluster_scores`)
             logits = 2 * _image_cluster_scores(codes, F.normalize(model.cluster_probe.centroids, dim=1), (h, w), crf)
     if crf:
-        labels = torch.from_numpy(dense_crf(image, torch.log_softmax(logits, 0)).argmax(0))
+        labels = torch.from_numpy(dense_crf(image, torch.log_softmax(logits, 0).cpu()).argmax(0))
     else:
-        labels = logits.argmax(0)
+        labels = logits.argmax(0).cpu()
     if head == "cluster" and mapping is not None:
         labels = remap(labels, np.asarray(mapping))
     return labels.numpy()
@@ -415,7 +498,8 @@ def image_labels(image: np.ndarray, cfg, model, backbone, crf: bool = False, hea
 def predict(image, run_or_checkpoint, crf: bool = True, head: str = "cluster", which: str = "best"):
     """Label map (H, W) for one RGB image of any size (uint8 array or PIL image) with a run folder or a loaded
     (cfg, model) pair (`image_labels`); cluster ids are mapped to classes with the Hungarian map saved by the
-    evaluation, when there is one. For many images, folders, names and overlays: `hpnb.predict`."""
+    evaluation, when there is one. Runs on the device of a loaded model, or a run folder's `run_device`. For many
+    images, folders, names and overlays: `hpnb.predict`."""
     import json
     from pathlib import Path
 
@@ -426,8 +510,10 @@ def predict(image, run_or_checkpoint, crf: bool = True, head: str = "cluster", w
 
     loaded = isinstance(run_or_checkpoint, tuple)
     cfg, model = run_or_checkpoint if loaded else load_run(run_or_checkpoint, which)
+    device = next(model.parameters()).device if loaded else run_device(cfg)
+    model.to(device)
     image = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
-    backbone = load_backbone(cfg.backbone, weights=cfg.backbone_weights, device="cpu")
+    backbone = load_backbone(cfg.backbone, weights=cfg.backbone_weights, device=device)
     mapping_file = None if loaded else Path(run_or_checkpoint) / "cluster_mapping.json"
     mapping = json.loads(mapping_file.read_text()) if mapping_file is not None and mapping_file.is_file() else None
     # without pydensecrf resolve_crf prints one line, then the prediction goes on without the CRF

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hpnb.utils import exact_fp32
+
 
 class SegmentationHead(nn.Module):
     """S: backbone features (B, C, h, w) -> codes (B, K, h, w)."""
@@ -84,8 +86,10 @@ class HPHeads(nn.Module):
 
     @torch.no_grad()
     def momentum_codes(self, feats: torch.Tensor) -> torch.Tensor:
-        """s': L2-normalised momentum-head codes (with the extra output dropout of the code form), no grad."""
-        return F.normalize(self.drop_ema_out(self.ema(feats.float())), dim=1)
+        """s': L2-normalised momentum-head codes (with the extra output dropout of the code form), no grad; in fp32
+        under any autocast, since they decide P_sp (Eq. 4) against the fp32 criteria."""
+        with exact_fp32(feats.device):
+            return F.normalize(self.drop_ema_out(self.ema(feats.float())), dim=1)
 
     def project_mixed(self, s_mix: torch.Tensor) -> torch.Tensor:
         """z_mix = L2norm(Z(Dropout2d(s_mix)))."""

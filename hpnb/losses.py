@@ -15,6 +15,7 @@ form="paper": Eq. 5 per anchor with separate ρ-samples N_ag, N_sp of the non-po
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from hpnb.fused_loss import BlockData, fused_block
 from hpnb.positives import positive_block, window_index
+from hpnb.utils import device_generator
 
 
 @dataclass
@@ -84,6 +86,15 @@ class LossInputs:
     lhp: tuple[torch.Tensor, torch.Tensor] | None = None  # (weights (B,N,9), denom (B,N)) for loss propagation
     grid: tuple[int, int] | None = None  # (h, w) of the patch grid, needed for loss propagation
 
+    def float(self) -> LossInputs:
+        """The same inputs with every floating tensor in fp32 (what leaves an autocast region, cast on purpose)."""
+        cast = lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+        return dataclasses.replace(
+            self,
+            **{k: cast(getattr(self, k)) for k in ("z", "f", "c_ag", "s_ema", "c_sp", "z_mix", "z_aug")},
+            lhp=tuple(cast(t) for t in self.lhp) if self.lhp is not None else None,
+        )
+
 
 @dataclass
 class LossParts:
@@ -127,7 +138,7 @@ def draw_negative_mask(
 ) -> torch.Tensor:
     """The code form's R: one Bernoulli(ρ) bool mask (N, NB) per iteration, shared by every anchor image."""
     device = device or (generator.device if generator is not None else "cpu")
-    return torch.rand(n, nb, generator=generator, device=device) < rho
+    return torch.rand(n, nb, generator=generator, device=device) < rho  # generator on `device` (device_generator)
 
 
 def consistency(z: torch.Tensor, z_aug: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -200,7 +211,7 @@ class _Block:
         else:
             rows = []
             for b in range(b0, b0 + len(eye) // self.n):
-                g = torch.Generator(device=eye.device).manual_seed(self.seed * 1_000_003 + 2 * b + stream)
+                g = device_generator(eye.device, self.seed * 1_000_003 + 2 * b + stream)
                 rows.append(torch.rand(self.n, self.nb, generator=g, device=eye.device) < self.cfg.rho)
             draw = torch.cat(rows)
         return draw & ~positives & ~eye

@@ -29,12 +29,14 @@ def patch_labels(labels: torch.Tensor, grid: tuple[int, int], chunk: int = 16) -
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, n_pred: int, n_classes: int) -> torch.Tensor:
-    """Counts (n_pred, n_classes): rows = predicted cluster/class, cols = ground truth; GT outside [0, C) ignored."""
+    """Counts (n_pred, n_classes) on the CPU: rows = predicted cluster/class, cols = ground truth; GT outside [0, C)
+    ignored. Counted on the predictions' device: labels read from a CPU cache are moved there (on a GPU the
+    predictions stay where they were computed)."""
     if pred.shape != target.shape:
         raise ValueError(
             f"pred and target must have the same shape, found {tuple(pred.shape)} and {tuple(target.shape)}"
         )
-    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+    pred, target = pred.reshape(-1).long(), target.reshape(-1).to(pred.device).long()
     keep = (target >= 0) & (target < n_classes)
     pred, target = pred[keep], target[keep]
     if pred.numel() and (pred.min() < 0 or pred.max() >= n_pred):

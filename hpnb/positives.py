@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hpnb.utils import HpnbError
+from hpnb.utils import HpnbError, exact_fp32
 
 # ----------------------------------------------------------------------------------------------------------
 # Reference pools and criteria (GHP)
@@ -78,9 +78,13 @@ def build_reference_pools(
 
 
 def criteria(x: torch.Tensor, pool: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-    """Eq. 2: c_i = max_m sim(q_m, x_i) for unit rows x (n, D) and pool (M, D); chunked over anchors -> (n,)."""
-    pool = pool.to(x.dtype)
-    return torch.cat([(x[i : i + chunk] @ pool.T).amax(dim=1) for i in range(0, len(x), chunk)])
+    """Eq. 2: c_i = max_m sim(q_m, x_i) for unit rows x (n, D) and pool (M, D); chunked over anchors -> (n,).
+
+    In at least fp32 under any autocast or TF32 setting (`exact_fp32`): the criteria are thresholds."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    x, pool = x.to(dtype), pool.to(device=x.device, dtype=dtype)
+    with exact_fp32(x.device):
+        return torch.cat([(x[i : i + chunk] @ pool.T).amax(dim=1) for i in range(0, len(x), chunk)])
 
 
 def positive_block(
@@ -96,7 +100,9 @@ def positive_block(
     `row_offset` is the flat index of the first anchor row in `x_all`, so the anchor itself can be excluded.
     symmetric=False keeps only sim_ij > c_i (the one-sided ablation of Table 4(e)).
     """
-    sim = x_rows @ x_all.T
+    dtype = torch.promote_types(x_rows.dtype, torch.float32)  # bf16 rows: their exact fp32 products, as `criteria`
+    with exact_fp32(x_rows.device):  # the threshold test in true fp32 (no autocast, no TF32)
+        sim = x_rows.to(dtype) @ x_all.to(dtype).T
     pos = sim > c_rows[:, None]
     if symmetric:
         pos |= sim > c_all[None, :]

@@ -91,11 +91,15 @@ def _as_rgb(image) -> np.ndarray:
 
 
 class Segmenter:
-    """A run ready to segment many images: its selected checkpoint, the backbone (loaded once), names and colours."""
+    """A run ready to segment many images: its selected checkpoint, the backbone (loaded once), names and colours.
 
-    def __init__(self, run, which: str = "best", crf: bool = True, head: str = "cluster", backbone=None):
+    Runs on `device`: by default a loaded (cfg, model) pair's device, else the run's (`hpnb.evaluate.run_device`: the
+    GPU when there is one). A given backbone stays where it is (features are moved to the heads)."""
+
+    def __init__(self, run, which: str = "best", crf: bool = True, head: str = "cluster", backbone=None, device=None):
         from hpnb.backbones import load_backbone
         from hpnb.crf import resolve_crf
+        from hpnb.evaluate import run_device
         from hpnb.runs import load_run
 
         if head not in ("cluster", "linear"):
@@ -112,7 +116,16 @@ class Segmenter:
                 "(python -m hpnb predict RUN IMAGE --head cluster)"
             )
         self.head, self.crf = head, resolve_crf(crf)
-        self.backbone = backbone or load_backbone(self.cfg.backbone, weights=self.cfg.backbone_weights, device="cpu")
+        if device is not None:
+            self.device = torch.device(device)
+        elif self.run is None:
+            self.device = next(self.model.parameters()).device
+        else:
+            self.device = run_device(self.cfg)
+        self.model.to(self.device)
+        self.backbone = backbone or load_backbone(
+            self.cfg.backbone, weights=self.cfg.backbone_weights, device=self.device
+        )
         classes = list(self.model.classes)
         self.names = cluster_names(self.run, classes) if self.run is not None else classes
         self.colours = run_colours(self.cfg, len(self.names))

@@ -6,34 +6,138 @@
      steps with the same settings on the frozen backbone features (`fit_online_probes`).
 (ii) converged: k-means with k = classes (`hpnb.baseline.kmeans`, k-means++ seeding, iterated to convergence) and a
      linear probe fitted to convergence (`fit_linear_converged`), on frozen HP codes or on the raw features.
+
+The training split they are fitted on is a `FeatureSet` (cached features in memory) or `StreamedFeatures` (the
+frozen backbone run batch by batch, for training sets whose features do not fit in memory: COCO-Stuff-27's 248k
+five-crop images would be ≈ 305 GB of fp16 features at 320 px). Up to `WHOLE_PATCHES` patches the converged probes
+use every patch (the notebooks' sizes); above, a uniform sample of that many patches (`patch_sample`), read in one
+streamed pass. The online probes are fed batch by batch in either case. Every fit runs on the device it is given
+(the model's, in `hpnb.evaluate.protocol_predictors`): float64 on the CPU, so that the printed scores do not depend
+on the CPU or its thread count, float32 on a GPU.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import copy
+import math
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from hpnb.baseline import kmeans, sample_patches
 from hpnb.features import FeatureSet
 from hpnb.metrics import IGNORE
 from hpnb.model import ClusterProbe
+from hpnb.utils import autocast, on_accelerator
 
 Codes = Callable[[torch.Tensor], torch.Tensor]  # backbone features (B, C, h, w) -> codes (B, K, h, w)
+
+WHOLE_PATCHES = 500_000  # converged probes: every patch up to this many, a uniform sample of this many above
+KMEANS_PATCHES = 100_000  # k-means: a uniform sample of this many patches (k-means++ seeding, to convergence)
+CONVERGED_ITERS = 500  # L-BFGS iterations of the converged linear probe (it stops earlier at its tolerances)
+MIN_PER_IMAGE = 16  # a streamed sample takes at least this many patches of each image it reads
 
 
 def _identity(feats: torch.Tensor) -> torch.Tensor:
     return feats.float()
 
 
-def code_set(fs: FeatureSet, codes: Codes | None = None, batch: int = 16) -> FeatureSet:
+class StreamedFeatures:
+    """A training split whose backbone features are computed when they are read, batch by batch, and never held whole.
+
+    Reads what the split's feature cache would hold (`hpnb.features.compute_features`: fp16 features of the backbone
+    run at `hpnb.features.resolve_precision`, float64 on the CPU, half-precision autocast on a GPU), on the backbone's
+    device; images are decoded by a DataLoader (`workers` processes: by default none on the CPU, up to 8 beside an
+    accelerator). `tag` names the split in the file names of fitted baselines (`hpnb.evaluate._memo`)."""
+
+    def __init__(self, backbone, dataset, precision: str = "auto", workers: int | None = None, tag: str | None = None):
+        from hpnb.features import resolve_precision
+
+        if len(dataset) == 0:
+            raise ValueError(f"{type(dataset).__name__} is empty: expected a training split with at least one image")
+        self.backbone, self.dataset, self.tag = backbone, dataset, tag
+        self.device = next(backbone.parameters()).device
+        self.precision = resolve_precision(precision, self.device)
+        self.net = copy.deepcopy(backbone).double() if self.precision == "float64" else backbone
+        cores = os.cpu_count() or 1
+        self.workers = workers if workers is not None else (min(8, cores) if on_accelerator(self.device) else 0)
+        h, w = dataset[0]["image"].shape[-2:]
+        self.grid = (h // backbone.patch_size, w // backbone.patch_size)
+        self.dim = backbone.embed_dim
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        """fp16 features (B, C, h, w) on the backbone's device of normalised images (B, 3, H, W)."""
+        dtype = torch.float64 if self.precision == "float64" else None
+        half = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.precision)
+        cast = autocast(self.device, dtype=half) if half is not None else nullcontext()
+        with torch.no_grad(), cast:
+            return self.net(images.to(device=self.device, dtype=dtype, non_blocking=True), attention=False).feats.half()
+
+    def batches(self, index_batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(features on the backbone's device, CPU labels) of each batch of image indices, in the given order."""
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=[b.tolist() for b in index_batches],
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for items in loader:
+            yield self._forward(items["image"]), items["label"]
+
+
+Source = FeatureSet | StreamedFeatures
+
+
+def read_batches(source: Source, index_batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(features, labels) of each batch of image indices: cached rows of a FeatureSet, or computed ones."""
+    if isinstance(source, StreamedFeatures):
+        yield from source.batches(index_batches)
+    else:
+        for idx in index_batches:
+            yield source.feats[idx], source.labels[idx]
+
+
+def source_device(source: Source) -> torch.device:
+    """Where a source's features are: a FeatureSet's tensor, or the streaming backbone's device."""
+    return source.device if isinstance(source, StreamedFeatures) else source.feats.device
+
+
+def patch_count(source: Source) -> int:
+    """The number of patches of a training split (images × grid)."""
+    h, w = source.grid
+    return len(source) * h * w
+
+
+def needs_sample(source: Source) -> bool:
+    """Whether the converged probes fit a sample (`patch_sample`) rather than every patch: a streamed split, or more
+    than `WHOLE_PATCHES` patches."""
+    return isinstance(source, StreamedFeatures) or patch_count(source) > WHOLE_PATCHES
+
+
+def _fit_dtype(device: torch.device) -> torch.dtype:
+    """float64 on the CPU (the fitted probe, and every score printed from it, then do not depend on the thread
+    count), float32 on an accelerator."""
+    return torch.float64 if device.type == "cpu" else torch.float32
+
+
+def code_set(fs: FeatureSet, codes: Codes | None = None, batch: int = 16, device=None) -> FeatureSet:
     """The same split with its features replaced by `codes(features)` (in the dtype `codes` returns; fp32 raw
-    features when codes is None)."""
+    features when codes is None), computed on `device` (default: where the features are) and left there."""
     codes = codes or _identity
+    device = fs.feats.device if device is None else torch.device(device)
     with torch.no_grad():
-        out = torch.cat([codes(fs.feats[i : i + batch].float()) for i in range(0, len(fs), batch)])
+        out = torch.cat([codes(fs.feats[i : i + batch].to(device).float()) for i in range(0, len(fs), batch)])
     return FeatureSet(feats=out, labels=fs.labels, images=fs.images, names=fs.names, meta=dict(fs.meta))
 
 
@@ -42,8 +146,21 @@ def _targets(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     return torch.where((labels >= 0) & (labels < n_classes), labels, torch.full_like(labels, IGNORE))
 
 
+def online_batches(n: int, steps: int, batch: int, seed: int) -> list[torch.Tensor]:
+    """The image indices of `steps` batches in the trainer's epoch order: a permutation per epoch, seeded by
+    (seed, epoch), cut into `n // batch` batches (the remainder of each epoch dropped)."""
+    per_epoch = max(1, n // batch)
+    out, order = [], None
+    for step in range(steps):
+        epoch, i = divmod(step, per_epoch)
+        if i == 0 or order is None:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        out.append(order[i * batch : (i + 1) * batch])
+    return out
+
+
 def fit_online_probes(
-    fs: FeatureSet,
+    fs: Source,
     n_classes: int,
     steps: int,
     batch: int = 8,
@@ -51,27 +168,27 @@ def fit_online_probes(
     cluster_lr: float = 5e-3,
     seed: int = 0,
     codes: Codes | None = None,
+    device=None,
 ) -> tuple[nn.Conv2d, torch.Tensor]:
     """Protocol (i) without HP: the official online probes trained alone for `steps` batches on frozen features
     (or frozen codes). Same probes, losses, optimisers, learning rates and batch size as during HP training; the
-    batches follow the trainer's epoch order. Returns (linear probe, cluster centroids)."""
+    batches follow the trainer's epoch order and are read one at a time. Trained on `device` (default: where the
+    features are); returns (linear probe, cluster centroids) there."""
     codes = codes or _identity
+    device = source_device(fs) if device is None else torch.device(device)
     torch.manual_seed(seed)  # the N(0, 1) centroids and the linear init, as HPModel draws them
-    dim = codes(fs.feats[:1].float()).shape[1]
+    with torch.no_grad():
+        first = fs.feats[:1] if isinstance(fs, FeatureSet) else torch.zeros(1, fs.dim, *fs.grid)
+        dim = codes(first.to(device).float()).shape[1]
     linear, cluster = nn.Conv2d(dim, n_classes, 1), ClusterProbe(dim, n_classes)
-    # float64 on the CPU (same initial values): the printed scores then do not depend on the number of threads
-    dtype = torch.float64 if fs.feats.device.type == "cpu" else torch.float32
-    linear, cluster = linear.to(dtype), cluster.to(dtype)
+    dtype = _fit_dtype(device)  # drawn on the CPU, then moved: the same initial values on every device
+    linear, cluster = linear.to(device=device, dtype=dtype), cluster.to(device=device, dtype=dtype)
     opt_linear = torch.optim.Adam(linear.parameters(), lr=linear_lr)
     opt_cluster = torch.optim.Adam(cluster.parameters(), lr=cluster_lr)
-    per_epoch = max(1, len(fs) // batch)
-    for step in range(steps):
-        epoch, i = divmod(step, per_epoch)
-        order = torch.randperm(len(fs), generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-        idx = order[i * batch : (i + 1) * batch]
+    for feats, labels in read_batches(fs, online_batches(len(fs), steps, batch, seed)):
         with torch.no_grad():
-            z = codes(fs.feats[idx].float()).to(dtype)
-        labels = _targets(fs.labels[idx], n_classes)
+            z = codes(feats.to(device, non_blocking=True).float()).to(dtype)
+        labels = _targets(labels.to(device, non_blocking=True), n_classes)
         logits = F.interpolate(linear(z), size=labels.shape[-2:], mode="bilinear", align_corners=False)
         loss = F.cross_entropy(logits, labels, ignore_index=IGNORE) + cluster.loss(z)
         opt_linear.zero_grad()
@@ -82,28 +199,120 @@ def fit_online_probes(
     return linear.float().eval(), cluster.centroids.detach().float()
 
 
-def patch_targets(labels: torch.Tensor, grid: tuple[int, int], n_classes: int) -> torch.Tensor:
-    """The share of each class among the labelled pixels of each patch: (n, H, W) -> (n, C, h, w); 0 where none."""
-    one_hot = F.one_hot(_targets(labels, n_classes).clamp_min(-1) + 1, n_classes + 1).permute(0, 3, 1, 2).float()
-    counts = F.adaptive_avg_pool2d(one_hot, grid)[:, 1:]  # drop the ignore channel
-    return counts / counts.sum(1, keepdim=True).clamp_min(1e-12)
+def patch_targets(labels: torch.Tensor, grid: tuple[int, int], n_classes: int, chunk: int = 16) -> torch.Tensor:
+    """The share of each class among the labelled pixels of each patch: (n, H, W) -> (n, C, h, w); 0 where none.
+    Computed `chunk` images at a time (the one-hot maps of a whole split would take C + 1 floats per pixel)."""
+    out = []
+    for i in range(0, len(labels), chunk):
+        target = _targets(labels[i : i + chunk], n_classes).clamp_min(-1) + 1
+        one_hot = F.one_hot(target, n_classes + 1).permute(0, 3, 1, 2).float()
+        counts = F.adaptive_avg_pool2d(one_hot, grid)[:, 1:]  # drop the ignore channel
+        out.append(counts / counts.sum(1, keepdim=True).clamp_min(1e-12))
+    return torch.cat(out) if out else torch.zeros(0, n_classes, *grid)
+
+
+@dataclass
+class PatchSample:
+    """Patches drawn uniformly from a training split, on the CPU: backbone features (P, C) fp16 and each patch's
+    class shares (P, n_classes) (`patch_targets`; a row of zeros where no pixel is labelled)."""
+
+    feats: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.feats)
+
+    def codes(self, codes: Codes | None, device, batch: int = 65_536) -> torch.Tensor:
+        """`codes` of every sampled patch (P, K) on `device`, each patch passed as a 1×1 map: exact for hpnb's codes,
+        whose heads are 1×1 convolutions (a patch's code depends on that patch only)."""
+        codes = codes or _identity
+        with torch.no_grad():
+            parts = [codes(f.to(device).float()[:, :, None, None])[:, :, 0, 0] for f in self.feats.split(batch)]
+        return torch.cat(parts)
+
+
+def patch_sample(
+    source: Source,
+    n_classes: int,
+    max_points: int | None = None,
+    seed: int = 0,
+    batch: int = 32,
+    progress: bool = False,
+) -> PatchSample:
+    """`max_points` patches drawn uniformly from a training split in one pass over a random subset of its images:
+    at least `MIN_PER_IMAGE` distinct patches of each image read, as many images as that takes (every image of a
+    small split); `max_points` defaults to `WHOLE_PATCHES`. Memory: the sample, and one batch of features at a time."""
+    max_points = WHOLE_PATCHES if max_points is None else max_points
+    h, w = source.grid
+    n, per_grid = len(source), h * w
+    gen = torch.Generator().manual_seed(seed)
+    n_images = min(n, max(1, math.ceil(max_points / MIN_PER_IMAGE)))
+    per_image = min(per_grid, math.ceil(max_points / n_images))
+    chosen = torch.randperm(n, generator=gen)[:n_images].sort().values  # read in index order
+    feats, targets = [], []
+    batches = list(chosen.split(batch))
+    for f, labels in tqdm(read_batches(source, batches), total=len(batches), desc="sample", disable=not progress):
+        pick = torch.rand(len(f), per_grid, generator=gen).argsort(1)[:, :per_image]  # distinct patches per image
+        f = f.cpu().half().flatten(2)  # (b, C, h·w)
+        t = patch_targets(labels, (h, w), n_classes).flatten(2)  # (b, n_classes, h·w)
+        feats.append(f.gather(2, pick[:, None].expand(-1, f.shape[1], -1)).transpose(1, 2).reshape(-1, f.shape[1]))
+        targets.append(t.gather(2, pick[:, None].expand(-1, n_classes, -1)).transpose(1, 2).reshape(-1, n_classes))
+    feats, targets = torch.cat(feats), torch.cat(targets)
+    keep = torch.randperm(len(feats), generator=gen)[:max_points]  # shuffled: any prefix is a uniform sample too
+    return PatchSample(feats=feats[keep], targets=targets[keep])
+
+
+def _whole_rows(
+    fs: FeatureSet, n_classes: int, codes: Codes | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every labelled patch of an in-memory split: codes (P, D) and class shares (P, C) on `device`."""
+    data = code_set(fs, codes, device=device)
+    x = data.feats.permute(0, 2, 3, 1).reshape(-1, data.feats.shape[1])  # (P, D)
+    y = patch_targets(fs.labels, data.grid, n_classes).permute(0, 2, 3, 1).reshape(-1, n_classes).to(x.device)
+    keep = y.sum(1) > 0
+    dtype = _fit_dtype(x.device)
+    return x[keep].to(dtype), y[keep].to(dtype)
+
+
+def _sampled_rows(sample: PatchSample, codes: Codes | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The labelled patches of a sample: codes (P, D) and class shares (P, C) on `device`."""
+    keep = sample.targets.sum(1) > 0
+    x = PatchSample(sample.feats[keep], sample.targets[keep]).codes(codes, device)
+    dtype = _fit_dtype(x.device)
+    return x.to(dtype), sample.targets[keep].to(device=x.device, dtype=dtype)
 
 
 def fit_linear_converged(
-    fs: FeatureSet, n_classes: int, codes: Codes | None = None, max_iter: int = 500, weight_decay: float = 1e-4
+    fs: Source,
+    n_classes: int,
+    codes: Codes | None = None,
+    max_iter: int | None = None,
+    weight_decay: float = 1e-4,
+    device=None,
+    sample: PatchSample | None = None,
+    seed: int = 0,
 ) -> nn.Conv2d:
     """Protocol (ii): a linear probe fitted to convergence on frozen features (or codes): full-batch L-BFGS on the
     cross-entropy against each patch's pixel-exact class shares (soft targets), with a small L2 penalty so that the
-    optimum exists; evaluated like any probe (logits bilinearly upsampled to the labels)."""
-    data = code_set(fs, codes)
-    x = data.feats.permute(0, 2, 3, 1).reshape(-1, data.feats.shape[1])  # (P, D)
-    y = patch_targets(fs.labels, data.grid, n_classes).permute(0, 2, 3, 1).reshape(-1, n_classes)  # (P, C)
-    keep = y.sum(1) > 0
-    # float64 on the CPU: the fitted probe, and every score printed from it, then do not depend on the thread count
-    dtype = torch.float64 if x.device.type == "cpu" else torch.float32
-    x, y = x[keep].to(dtype), y[keep].to(dtype)
+    optimum exists; evaluated like any probe (logits bilinearly upsampled to the labels).
+
+    Fitted on every labelled patch of an in-memory split up to `WHOLE_PATCHES` patches, else on `sample` (drawn here
+    with `seed` when not given: `patch_sample`); on `device` (default: where the features are), returned there.
+    `max_iter` defaults to `CONVERGED_ITERS`."""
+    device = source_device(fs) if device is None else torch.device(device)
+    if sample is None and not needs_sample(fs):
+        x, y = _whole_rows(fs, n_classes, codes, device)
+    else:
+        x, y = _sampled_rows(sample or patch_sample(fs, n_classes, seed=seed), codes, device)
+    return _softmax_regression(x, y, max_iter or CONVERGED_ITERS, weight_decay)
+
+
+def _softmax_regression(x: torch.Tensor, y: torch.Tensor, max_iter: int, weight_decay: float) -> nn.Conv2d:
+    """The L-BFGS fit of `fit_linear_converged` on rows x (P, D) and soft targets y (P, C) (their dtype and device),
+    folded into a 1×1 fp32 convolution on x's device. x is standardised in place (the callers pass fresh rows)."""
+    n_classes, dtype = y.shape[1], x.dtype
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)  # standardise for a well-conditioned problem, fold back below
-    xs = (x - mean) / std
+    xs = x.sub_(mean).div_(std)
     weight = torch.zeros(n_classes, x.shape[1], dtype=dtype, device=x.device, requires_grad=True)
     bias = torch.zeros(n_classes, dtype=dtype, device=x.device, requires_grad=True)
     opt = torch.optim.LBFGS(
@@ -132,7 +341,21 @@ def fit_linear_converged(
 
 
 def fit_kmeans(
-    fs: FeatureSet, n_clusters: int, codes: Codes | None = None, seed: int = 0, max_points: int = 100_000
+    fs: Source,
+    n_clusters: int,
+    codes: Codes | None = None,
+    seed: int = 0,
+    max_points: int = KMEANS_PATCHES,
+    device=None,
+    sample: PatchSample | None = None,
 ) -> torch.Tensor:
-    """Protocol (ii): k-means centroids (cosine, k-means++ seeding, to convergence) on frozen features or codes."""
-    return kmeans(sample_patches(code_set(fs, codes), max_points, seed), n_clusters, iters=500, seed=seed)
+    """Protocol (ii): k-means centroids (cosine, k-means++ seeding, to convergence) on frozen features or codes, of
+    `max_points` patches drawn uniformly: from the whole in-memory split up to `WHOLE_PATCHES` patches, else the
+    first `max_points` of `sample` (drawn here when not given). On `device` (default: where the features are)."""
+    device = source_device(fs) if device is None else torch.device(device)
+    if sample is None and not needs_sample(fs):
+        x = sample_patches(code_set(fs, codes, device=device), max_points, seed)
+    else:
+        sample = sample or patch_sample(fs, 1, seed=seed)
+        x = F.normalize(PatchSample(sample.feats[:max_points], sample.targets[:max_points]).codes(codes, device), dim=1)
+    return kmeans(x, n_clusters, iters=500, seed=seed)

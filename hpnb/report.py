@@ -162,11 +162,15 @@ def closest_patches(codes: torch.Tensor, centroid: torch.Tensor, n: int) -> torc
 @torch.no_grad()
 def nearest_patches(fs, model, n: int = 8, per_image: int = 2, context: int = 1, size: int = 56):
     """Per cluster, crops (n, size, size, 3) uint8 around the patches nearest its centroid (at most `per_image` from
-    one image, `context` patches around each), and each cluster's share of the patches (argmax over clusters)."""
-    codes = torch.cat([model.heads.seg(fs.feats[i : i + 16].float()) for i in range(0, len(fs), 16)])  # (N, K, h, w)
+    one image, `context` patches around each), and each cluster's share of the patches (argmax over clusters).
+    The codes are computed on the model's device and ranked on the CPU."""
+    device = next(model.parameters()).device
+    codes = torch.cat(
+        [model.heads.seg(fs.feats[i : i + 16].to(device).float()).cpu() for i in range(0, len(fs), 16)]
+    )  # (N, K, h, w)
     b, k, gh, gw = codes.shape
     flat = codes.permute(0, 2, 3, 1).reshape(-1, k)  # (N·h·w, K), row = image·h·w + y·w + x
-    centroids = model.cluster_probe.centroids.detach()
+    centroids = model.cluster_probe.centroids.detach().cpu()
     assign = (F.normalize(flat, dim=1) @ F.normalize(centroids, dim=1).T).argmax(1)
     shares = [float((assign == c).float().mean()) for c in range(len(centroids))]
     p = fs.images.shape[1] // gh  # pixels per patch

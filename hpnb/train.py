@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from hpnb.config import HPConfig
 from hpnb.features import extract_features
 from hpnb.heads import ema_update
-from hpnb.losses import LossConfig, hp_loss, lambda_schedule
+from hpnb.losses import LossConfig, draw_negative_mask, hp_loss, lambda_schedule
 from hpnb.model import HPModel
 from hpnb.positives import attention_to_lhp, build_reference_pools, pool_image_indices
 from hpnb.runs import (
@@ -42,7 +43,16 @@ from hpnb.runs import (
     save_state,
     truncate_log,
 )
-from hpnb.utils import HpnbError, pick_device, progress_bar, seed_everything
+from hpnb.utils import (
+    HpnbError,
+    autocast,
+    device_generator,
+    on_accelerator,
+    pick_device,
+    progress_bar,
+    seed_everything,
+    use_amp,
+)
 
 build_dataset = dataset_for  # the configured dataset split (hpnb.runs.dataset_for), under its former name
 
@@ -102,50 +112,104 @@ class CachedSource:
         self.train.attn = None  # not needed any more: free the memory
         self.n = len(self.train)
 
+    def plan(self, batches: list[torch.Tensor]) -> None:
+        """Nothing to prefetch: the cached features are in memory."""
+
     def batch(self, idx: torch.Tensor, gen: torch.Generator, device) -> dict:
         view = int(torch.randint(len(self.aug), (1,), generator=gen))
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731  (the one device boundary of a batch)
         return {
-            "feats": self.train.feats[idx].to(device).float(),
-            "feats_aug": self.aug[view][idx].to(device).float(),
-            "lhp": (self.lhp_w[idx].to(device), self.lhp_d[idx].to(device)),
-            "labels": self.train.labels[idx].to(device),
+            "feats": move(self.train.feats[idx]).float(),
+            "feats_aug": move(self.aug[view][idx]).float(),
+            "lhp": (move(self.lhp_w[idx]), move(self.lhp_d[idx])),
+            "labels": move(self.train.labels[idx]),
         }
 
     def pool_features(self, idx: torch.Tensor, device) -> torch.Tensor:
-        return self.train.feats[idx].to(device).float()
+        """Backbone maps (b, C, h, w) of the images `idx` on `device`."""
+        return self.train.feats[idx].to(device, non_blocking=True).float()
+
+    def pool_batches(self, idx: torch.Tensor, batch_size: int, device):
+        """Backbone maps of the images `idx`, `batch_size` at a time, on `device` (reference pools)."""
+        for chunk in idx.split(batch_size):
+            yield self.pool_features(chunk, device)
 
 
 class OnlineSource:
-    """Training batches with the frozen backbone run every iteration (bf16 on GPU) on the clean and augmented view."""
+    """Training batches with the frozen backbone run every iteration on the clean and the augmented view.
 
-    def __init__(self, cfg: HPConfig, backbone, dataset):
+    Images are decoded and cropped by a DataLoader (`workers` processes, pinned memory on CUDA) that follows the
+    trainer's epoch order (`plan`), copied to the device once per batch without blocking, augmented there; on an
+    accelerator the ViT runs in fp16 autocast, as the official code (its attention feeds LHP). Reference pools are
+    read in batches of the same loader type (`pool_batches`)."""
+
+    def __init__(self, cfg: HPConfig, backbone, dataset, device):
         self.cfg, self.backbone, self.dataset, self.n = cfg, backbone, dataset, len(dataset)
+        self.device = torch.device(device)
+        self.workers = loader_workers(cfg, self.device)
+        self.pin = self.device.type == "cuda"
+        self._planned: list[tuple[int, ...]] = []
+        self._batches = None
 
-    def _images(self, idx: torch.Tensor):
-        items = [self.dataset[int(i)] for i in idx]
-        return torch.stack([it["image"] for it in items]), torch.stack([it["label"] for it in items])
+    def _loader(self, batches: list[list[int]]):
+        from torch.utils.data import DataLoader
 
-    def _forward(self, images: torch.Tensor, attention: bool, device):
-        amp = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if device.type == "cuda"
-            else torch.autocast("cpu", enabled=False)
+        return DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            num_workers=self.workers,
+            pin_memory=self.pin,
+            prefetch_factor=2 if self.workers else None,
+            generator=torch.Generator().manual_seed(0),  # its base seed: never drawn from the global RNG (dropout)
         )
-        with amp:
-            return self.backbone(images.to(device), attention=attention)
+
+    def plan(self, batches: list[torch.Tensor]) -> None:
+        """The index batches the trainer will ask for next, in order: the loader starts reading them now."""
+        lists = [b.tolist() for b in batches]
+        self._planned = [tuple(b) for b in lists]
+        self._batches = iter(self._loader(lists)) if lists else None
+
+    def _items(self, idx: torch.Tensor) -> dict:
+        """The collated items of `idx`: the next planned batch when it is that one, else read directly."""
+        if self._planned and self._planned[0] == tuple(idx.tolist()):
+            self._planned.pop(0)
+            return next(self._batches)
+        from torch.utils.data import default_collate
+
+        return default_collate([self.dataset[int(i)] for i in idx])
+
+    def _forward(self, images: torch.Tensor, attention: bool):
+        with autocast(self.device, enabled=on_accelerator(self.device), dtype=torch.float16):
+            return self.backbone(images, attention=attention)
 
     def batch(self, idx: torch.Tensor, gen: torch.Generator, device) -> dict:
         from hpnb.data import photometric_augment
 
-        images, labels = self._images(idx)
-        out = self._forward(images, True, device)
-        aug = photometric_augment(images, gen, self.cfg.jitter_after_normalise)
-        feats_aug = self._forward(aug, False, device).feats
+        items = self._items(idx)
+        images = items["image"].to(device, non_blocking=True)
+        out = self._forward(images, True)
+        aug = photometric_augment(images, gen, self.cfg.jitter_after_normalise)  # parameters from `gen`, pixels here
+        feats_aug = self._forward(aug, False).feats
         lhp = attention_to_lhp(out.attn.mean(1), tuple(out.feats.shape[-2:]), self.cfg.form, self.cfg.sigma)
-        return {"feats": out.feats.float(), "feats_aug": feats_aug.float(), "lhp": lhp, "labels": labels.to(device)}
+        labels = items["label"].to(device, non_blocking=True)
+        return {"feats": out.feats.float(), "feats_aug": feats_aug.float(), "lhp": lhp, "labels": labels}
 
     def pool_features(self, idx: torch.Tensor, device) -> torch.Tensor:
-        return self._forward(self._images(idx)[0], False, device).feats.float()
+        """Backbone maps (b, C, h, w) of the images `idx` on `device` (one batch, read directly)."""
+        return next(self.pool_batches(idx, len(idx), device))
+
+    def pool_batches(self, idx: torch.Tensor, batch_size: int, device):
+        """Backbone maps of the images `idx` for a reference pool, read `batch_size` at a time by the loader."""
+        for items in self._loader([c.tolist() for c in idx.split(batch_size)]):
+            yield self._forward(items["image"].to(device, non_blocking=True), False).feats.float()
+
+
+def loader_workers(cfg: HPConfig, device: torch.device) -> int:
+    """DataLoader processes of the online source: `cfg.workers`, or by default none on the CPU (the trainer's cores
+    run the ViT) and up to 8 beside an accelerator."""
+    if cfg.workers is not None:
+        return cfg.workers
+    return min(8, os.cpu_count() or 1) if on_accelerator(device) else 0
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -240,7 +304,7 @@ class Trainer:
         if cfg.backbone_mode == "cache":
             self.source = CachedSource(cfg, self.backbone, train_set, progress)
         elif cfg.backbone_mode == "online":
-            self.source = OnlineSource(cfg, self.backbone, train_set)
+            self.source = OnlineSource(cfg, self.backbone, train_set, self.device)
         else:
             raise HpnbError(f"backbone_mode must be 'cache' or 'online', found {cfg.backbone_mode!r}")
         self.val = extract_features(
@@ -258,7 +322,13 @@ class Trainer:
         self.opt_proj = torch.optim.Adam(h.proj.parameters(), lr=cfg.proj_lr)
         self.opt_linear = torch.optim.Adam(self.model.linear_probe.parameters(), lr=cfg.linear_lr)
         self.opt_cluster = torch.optim.Adam(self.model.cluster_probe.parameters(), lr=cfg.cluster_lr)
-        self.gen = torch.Generator().manual_seed(cfg.seed)  # every draw of the loop except dropout
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # the loop's CPU draws (orders, pools, augmentation)
+        # R's Bernoulli(ρ) mask, (N, B·N) per iteration, is drawn where it is used: on an accelerator from a generator
+        # there (no ~150 MB host copy per step at the paper's shapes); on the CPU from `gen`, as before
+        self.dev_gen = device_generator(self.device, cfg.seed * 1_000_003 + 17) if on_accelerator(self.device) else None
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = cfg.tf32  # the heads and the loss's logits (positives stay exact)
+            torch.backends.cudnn.allow_tf32 = cfg.tf32
         self.iters_per_epoch = self.source.n // cfg.batch_size
         self.total = cfg.epochs * self.iters_per_epoch
         if cfg.max_iters is not None:
@@ -273,7 +343,7 @@ class Trainer:
     def build_pools(self, task_agnostic: bool) -> None:
         """Q_ag (once) and/or Q_sp (renewed) from M random training images, the net in train mode (spec §2.2)."""
         idx = pool_image_indices(self.source.n, self.cfg.pool_size, self.gen)  # M distinct images
-        batches = (self.source.pool_features(chunk, self.device) for chunk in idx.split(self.cfg.batch_size))
+        batches = self.source.pool_batches(idx, self.cfg.batch_size, self.device)
         q_ag, q_sp = build_reference_pools(
             batches, self.model.heads, self.cfg.pool_size, self.gen, task_specific=self.cfg.use_sp
         )
@@ -285,12 +355,9 @@ class Trainer:
     def train_step(self, idx: torch.Tensor, lam: float) -> dict:
         cfg, model = self.cfg, self.model
         batch = self.source.batch(idx, self.gen, self.device)
-        amp = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if (self.device.type == "cuda" and cfg.amp)
-            else torch.autocast("cpu", enabled=False)
-        )
-        with amp:
+        # one autocast (bf16) around the heads and the probes' losses; what leaves it is cast to fp32 on purpose: the
+        # HP loss runs in fp32 (its positive masks and criteria in exact fp32 even under TF32, hpnb.utils.exact_fp32)
+        with autocast(self.device, enabled=use_amp(cfg.amp, self.device)):
             inputs, codes = model.loss_inputs(
                 batch["feats"],
                 batch["feats_aug"],
@@ -299,10 +366,15 @@ class Trainer:
                 self.q_sp if cfg.use_sp else None,
                 need_mix=cfg.use_lhp and cfg.propagation == "gradient",
             )
+            linear_loss, cluster_loss = model.probe_losses(codes, batch["labels"])
+        inputs, linear_loss, cluster_loss = inputs.float(), linear_loss.float(), cluster_loss.float()
         ema_update(model.heads.ema, model.heads.seg, cfg.ema_m)  # after S' was used, with S before this step
-        neg = torch.rand(inputs.z.shape[1], inputs.z.shape[0] * inputs.z.shape[1], generator=self.gen) < cfg.rho
-        parts = hp_loss(inputs, loss_config(cfg), lam=lam, neg_mask=neg.to(self.device), generator=self.gen)
-        linear_loss, cluster_loss = model.probe_losses(codes, batch["labels"])
+        b, n = inputs.z.shape[:2]
+        if self.dev_gen is not None:
+            neg = draw_negative_mask(n, b * n, cfg.rho, self.dev_gen, self.device)
+        else:
+            neg = torch.rand(n, b * n, generator=self.gen) < cfg.rho
+        parts = hp_loss(inputs, loss_config(cfg), lam=lam, neg_mask=neg, generator=self.gen)
         if not torch.isfinite(parts.total):
             path = self.save(LAST_GOOD)
             raise HpnbError(
@@ -347,7 +419,7 @@ class Trainer:
             ]
             self._val_lhp = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         self.model.eval()
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 424_242)
+        gen = device_generator(self.device, cfg.seed * 1_000_003 + 424_242)  # R drawn on the device of the codes
         total, count = 0.0, 0
         for idx in torch.arange(len(val)).split(cfg.batch_size):
             feats = val.feats[idx].to(self.device).float()
@@ -380,6 +452,7 @@ class Trainer:
             "rng_torch": torch.get_rng_state(),
             "rng_gen": self.gen.get_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng_dev": self.dev_gen.get_state() if self.dev_gen is not None else None,
             "meta": json.dumps(
                 {
                     "backbone": self.cfg.backbone,
@@ -411,12 +484,16 @@ class Trainer:
             ("opt_cluster", self.opt_cluster),
         ):
             opt.load_state_dict(state[key])
-        self.step, self.q_ag, self.q_sp = state["step"], state["q_ag"], state["q_sp"]
+        # the pools come back from disk on the CPU: moved to the device where the criteria use them
+        to_device = lambda q: q.to(self.device) if q is not None else None  # noqa: E731
+        self.step, self.q_ag, self.q_sp = state["step"], to_device(state["q_ag"]), to_device(state["q_sp"])
         self.best = json.loads(state["best"])
         torch.set_rng_state(state["rng_torch"])
         self.gen.set_state(state["rng_gen"])
-        if state["rng_cuda"]:
+        if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
+        if self.dev_gen is not None and state.get("rng_dev") is not None:
+            self.dev_gen.set_state(state["rng_dev"])
         truncate_log(self.out, self.step)
         return True
 
@@ -429,11 +506,14 @@ class Trainer:
             self.build_pools(task_agnostic=True)  # Q_ag once, Q_sp from the initial S'
         ipe = self.iters_per_epoch
         bar = progress_bar(total=self.total, initial=self.step, desc=f"train {cfg.name}", disable=not self.progress)
-        last_val = {}
+        last_val, resumed_planned = {}, False
         try:
             while self.step < self.total:
                 epoch, i = divmod(self.step, ipe)
                 order = torch.randperm(self.source.n, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+                if i == 0 or not resumed_planned:  # the loader reads this epoch's batches ahead (online source)
+                    self.source.plan([order[j * cfg.batch_size : (j + 1) * cfg.batch_size] for j in range(i, ipe)])
+                    resumed_planned = True
                 if i % cfg.renew_every == 0 and i != 0 and cfg.use_sp:
                     self.build_pools(task_agnostic=False)  # renew Q_sp (the counter restarts each epoch)
                 lam = lambda_schedule(self.step, self.total, cfg.lam_warmup)

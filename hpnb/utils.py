@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import dataclass
@@ -17,11 +18,60 @@ class HpnbError(RuntimeError):
     """An error with a message that says what was expected, what was found and what to run next."""
 
 
+DEVICE_ENV = "HPNB_DEVICE"  # e.g. HPNB_DEVICE=cpu: what `make test` sets, so a GPU machine reproduces the CPU outputs
+
+
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """Return `device` if given, else CUDA when present, else CPU (the only place hpnb chooses)."""
+    """Return `device` if given, else $HPNB_DEVICE when set, else CUDA when present, else CPU (the only place hpnb
+    chooses). The committed notebook outputs are CPU runs: `make test` sets HPNB_DEVICE=cpu so that a machine with a
+    GPU checks them too; `make lab` leaves it unset, so a student on a GPU machine runs the notebooks on the GPU."""
     if device is not None:
         return torch.device(device)
+    if os.environ.get(DEVICE_ENV):
+        return torch.device(os.environ[DEVICE_ENV])
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def on_accelerator(device: str | torch.device) -> bool:
+    """True for any device but the CPU: CUDA, or the device harness's stand-in (`hpnb.testing`)."""
+    return torch.device(device).type != "cpu"
+
+
+def autocast(device: str | torch.device, enabled: bool = True, dtype: torch.dtype = torch.bfloat16):
+    """The one mixed-precision context of hpnb (forward and loss together): bf16 autocast on the device's type, CUDA
+    or CPU (the same code path, so CPU tests run it); the harness's stand-in device takes the CPU's autocast."""
+    kind = torch.device(device).type
+    return torch.autocast(kind if kind in ("cuda", "cpu") else "cpu", dtype=dtype, enabled=enabled)
+
+
+@contextlib.contextmanager
+def exact_fp32(device: str | torch.device):
+    """Products inside run in true fp32 whatever the caller set: autocast off and no TF32 (for the similarities that
+    decide hidden positives: a criterion near 0.9 rounded by bf16 moves by up to ≈ 2e-3, and positives with it)."""
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with autocast(device, enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+def use_amp(amp: bool | None, device: str | torch.device) -> bool:
+    """A config's `amp`: None (auto) = on an accelerator only; True = on any device (CPU bf16 too); False = off."""
+    return on_accelerator(device) if amp is None else bool(amp)
+
+
+GENERATORS: dict[str, type] = {}  # device type -> generator class where torch has none (hpnb.testing registers one)
+
+
+def device_generator(device: str | torch.device, seed: int) -> torch.Generator:
+    """A seeded generator on `device`, for random numbers drawn where they are used (a GPU refuses a CPU generator
+    for a draw on the GPU); on the device harness's stand-in accelerator, the harness's generator."""
+    device = torch.device(device)
+    gen = GENERATORS[device.type]() if device.type in GENERATORS else torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
 
 
 def seed_everything(seed: int = 0) -> None:

@@ -1,17 +1,24 @@
 """Backbones: the offline DINOv2 conversion against onnxruntime, attention scores, weights and errors."""
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from hpnb import HpnbError
-from hpnb.backbones import BACKBONES, load_backbone, resample_pos_embed
+from hpnb.backbones import BACKBONES, _read_weights, load_backbone, resample_pos_embed
 
 
 @pytest.fixture(scope="module")
 def dinov2():
     return load_backbone("dinov2_vits14_imgfocus", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def dino_random():
+    return load_backbone("dino_vits16", weights="random")
 
 
 def _photo(h: int, w: int) -> torch.Tensor:
@@ -100,14 +107,90 @@ def test_offline_without_weights_says_where_to_put_them(tmp_path, monkeypatch):
         load_backbone("dino_vits16", online=False)
 
 
-def test_dino_checkpoint_is_unwrapped_and_loaded(tmp_path):
-    ref = load_backbone("dino_vits16", weights="random")
+def test_dino_checkpoint_is_unwrapped_and_loaded(tmp_path, dino_random):
+    ref = dino_random
     state = {f"module.backbone.{k}": v for k, v in ref.vit.state_dict().items()}
     state["module.head.mlp.0.weight"] = torch.zeros(2, 2)  # DINO's projection head is dropped
     torch.save({"teacher": state, "epoch": 3}, tmp_path / "dino.pth")
     loaded = load_backbone("dino_vits16", weights=tmp_path / "dino.pth")
     x = torch.randn(1, 3, 64, 48)  # any multiple of 16: DINO-style position resampling
     torch.testing.assert_close(loaded(x).feats, ref(x).feats)
+
+
+def _dino_training_checkpoint(ref) -> dict:
+    """A checkpoint shaped as DINO's main_dino.py saves it (`checkpoint.pth`): student (DDP: module.backbone./head.),
+    teacher (backbone./head.), optimizer, epoch, args as an argparse.Namespace, dino_loss, fp16_scaler."""
+    backbone = ref.vit.state_dict()
+    head = {"head.mlp.0.weight": torch.zeros(4, 384), "head.last_layer.weight_g": torch.ones(8, 1)}
+    teacher = {**{f"backbone.{k}": v for k, v in backbone.items()}, **head}
+    student = {f"module.{k}": v.clone() + 1.0 for k, v in teacher.items()}  # not what must be loaded
+    args = argparse.Namespace(
+        arch="vit_small",
+        patch_size=16,
+        out_dim=65536,
+        norm_last_layer=False,
+        momentum_teacher=0.996,
+        use_fp16=True,
+        global_crops_scale=(0.4, 1.0),
+        local_crops_number=8,
+        data_path="/path/to/imagenet/train",
+        output_dir=".",
+        dist_url="env://",
+        rank=0,
+        world_size=8,
+        gpu=0,
+    )
+    optimizer = {
+        "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(3), "exp_avg_sq": torch.zeros(3)}},
+        "param_groups": [{"lr": 5e-4, "betas": (0.9, 0.999), "weight_decay": 0.04, "params": [0]}],
+    }
+    scaler = {
+        "scale": 65536.0,
+        "growth_factor": 2.0,
+        "backoff_factor": 0.5,
+        "growth_interval": 2000,
+        "_growth_tracker": 7,
+    }
+    return {
+        "student": student,
+        "teacher": teacher,
+        "optimizer": optimizer,
+        "epoch": 100,
+        "args": args,
+        "dino_loss": {"center": torch.zeros(1, 65536)},
+        "fp16_scaler": scaler,
+    }
+
+
+def test_official_dino_training_checkpoint_with_its_args_loads(tmp_path, dino_random):
+    """F6: DINO's checkpoint.pth stores `args` as an argparse.Namespace, which torch.load(weights_only=True) refuses
+    unless allowed; the teacher's backbone is what loads (not the student's), its head dropped."""
+    ref = dino_random
+    torch.save(_dino_training_checkpoint(ref), tmp_path / "checkpoint.pth")
+    loaded = load_backbone("dino_vits16", weights=tmp_path / "checkpoint.pth")
+    for key, value in ref.vit.state_dict().items():
+        assert torch.equal(loaded.vit.state_dict()[key], value), key
+
+
+def test_a_file_that_is_not_a_checkpoint_says_what_was_expected(tmp_path):
+    """Unreadable files and checkpoints holding objects weights_only refuses: an HpnbError that names the file, what
+    hpnb reads, what torch found, and what to do (never a silent weights_only=False)."""
+    import datetime
+
+    (tmp_path / "notes.pth").write_text("not a checkpoint\n")
+    torch.save({"teacher": {}, "when": datetime.date(2021, 4, 29)}, tmp_path / "odd.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    cases = (
+        ("notes.pth", "UnpicklingError", "fetch it again"),
+        ("empty.pth", "EOFError", "fetch it again"),
+        ("odd.pth", "datetime.date", "weights_only=False)['teacher']"),
+    )
+    for name, found, todo in cases:
+        with pytest.raises(HpnbError) as err:
+            _read_weights(tmp_path / name)  # what load_backbone(name, weights=PATH) raises, without building a ViT
+        message = str(err.value)
+        assert name in message and found in message and todo in message, message
+        assert "state dict" in message and "teacher" in message and "safetensors" in message, message
 
 
 def test_mismatched_checkpoint_lists_keys(tmp_path):

@@ -1,4 +1,5 @@
-"""The HP loss: hand-computed tiny cases (Eq. 5, code-form combination), invariances, gradcheck, forms."""
+"""The HP loss: hand-computed tiny cases (Eq. 5, code-form combination), invariances, gradcheck, forms; the core cases
+in fp32 and bf16 (bf16 inputs, and fp32 inputs under CPU bf16 autocast, the trainer's mixed precision)."""
 
 import math
 
@@ -14,32 +15,40 @@ def _angles(*deg):
     return torch.tensor([[math.cos(math.radians(a)), math.sin(math.radians(a))] for a in deg])
 
 
-def _hand_inputs():
+DTYPES = [torch.float32, torch.bfloat16]
+REL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}  # bf16: 8-bit mantissa, a few roundings
+
+
+def _hand_inputs(dtype=torch.float32):
     """B=1, N=3 (grid 1×3). f: patches 0 and 1 alike, 2 apart -> P_ag(0)={1}, P_ag(1)={0}, P_ag(2)={} (dropped).
     s': patches 1 and 2 alike -> P_sp(1)={2}, P_sp(2)={1}."""
-    f = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])
-    s = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]])
-    z = _angles(0, 40, 120)[None]
-    return LossInputs(z=z, f=f, c_ag=torch.full((1, 3), 0.5), s_ema=s, c_sp=torch.full((1, 3), 0.5))
+    f = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]], dtype=dtype)
+    s = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]], dtype=dtype)
+    z = _angles(0, 40, 120)[None].to(dtype)
+    c = torch.full((1, 3), 0.5, dtype=dtype)
+    return LossInputs(z=z, f=f, c_ag=c, s_ema=s, c_sp=c)
 
 
 def _logp(z, i, j, denom, tau):
-    """log of exp(z_i·z_j/τ) / Σ_{k∈denom} exp(z_i·z_k/τ), by hand."""
-    dot = lambda a, b: float(z[a] @ z[b]) / tau  # noqa: E731
+    """log of exp(z_i·z_j/τ) / Σ_{k∈denom} exp(z_i·z_k/τ), by hand (in float64 of z's values)."""
+    dot = lambda a, b: float(z[a].double() @ z[b].double()) / tau  # noqa: E731
     return dot(i, j) - math.log(sum(math.exp(dot(i, k)) for k in denom))
 
 
-def test_code_form_combination_by_hand():
-    inp = _hand_inputs()
+@pytest.mark.parametrize("fused", ["on", "off"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_code_form_combination_by_hand(dtype, fused):
+    inp = _hand_inputs(dtype)
     tau, lam = 0.5, 0.3
-    cfg = LossConfig(form="code", tau=tau, use_lhp=False, use_reg=False)
+    cfg = LossConfig(form="code", tau=tau, use_lhp=False, use_reg=False, fused=fused)
     neg = torch.tensor([[False, False, True], [False, False, False], [True, False, False]])  # R, shape (N, NB)
     out = hp_loss(inp, cfg, lam=lam, neg_mask=neg)
     z = inp.z[0]
     # D(0) = P_ag ∪ R = {1, 2}; D(1) = {0} (P_sp(1) = {2} is NOT in the denominator); anchor 2 dropped
     num = _logp(z, 0, 1, [1, 2], tau) + _logp(z, 1, 0, [0], tau) + lam * _logp(z, 1, 2, [0], tau)
     expected = -(tau / 0.07) * num / (1 + 1 + lam)
-    assert float(out.total) == pytest.approx(expected, rel=1e-5)
+    rel = 1e-5 if fused == "on" else REL[dtype]  # the fused block computes in fp32 whatever the inputs' dtype
+    assert float(out.total) == pytest.approx(expected, rel=rel)
     assert out.dropped == 1 and out.n_pos_ag.tolist() == [[1, 1, 0]] and out.n_pos_sp.tolist() == [[0, 1, 1]]
 
 
@@ -84,10 +93,15 @@ def _random_inputs(b=3, h=3, w=4, c=6, k=5, seed=0, requires_grad=True, dtype=to
     return make, (z_raw, mix_raw)
 
 
-@pytest.mark.parametrize("form", ["code", "paper"])
-@pytest.mark.parametrize("propagation", ["gradient", "loss"])
-def test_chunked_equals_unchunked_values_and_gradients(form, propagation):
-    make, (z_raw, mix_raw) = _random_inputs()
+@pytest.mark.parametrize(
+    "form,propagation,dtype",
+    [(f, p, torch.float32) for f in ("code", "paper") for p in ("gradient", "loss")]
+    + [("code", "gradient", torch.bfloat16), ("paper", "gradient", torch.bfloat16)],
+    ids=str,
+)
+def test_chunked_equals_unchunked_values_and_gradients(form, propagation, dtype):
+    make, (z_raw, mix_raw) = _random_inputs(dtype=dtype)
+    rel, atol = (1e-6, 1e-6) if dtype == torch.float32 else (REL[dtype], 2e-3)
     results = []
     for chunk, ckpt in ((1, True), (3, False), (2, True)):
         cfg = LossConfig(form=form, rho=0.4, chunk_images=chunk, checkpoint=ckpt, propagation=propagation)
@@ -95,9 +109,29 @@ def test_chunked_equals_unchunked_values_and_gradients(form, propagation):
         grads = torch.autograd.grad(out.total, [z_raw, mix_raw], allow_unused=True)
         results.append((float(out.total.detach()), [g if g is not None else torch.zeros(1) for g in grads]))
     for value, grads in results[1:]:
-        assert value == pytest.approx(results[0][0], rel=1e-6)
+        assert value == pytest.approx(results[0][0], rel=rel)
         for a, b in zip(grads, results[0][1], strict=True):
-            assert torch.allclose(a, b, atol=1e-6)
+            assert a.dtype == dtype and torch.allclose(a.float(), b.float(), atol=atol)
+
+
+@pytest.mark.parametrize("form,fused", [("code", "on"), ("code", "off"), ("paper", "off")])
+def test_bf16_autocast_keeps_the_positives_and_the_value(form, fused):
+    """hp_loss under CPU bf16 autocast (mixed precision around the loss): the same positives and dropped anchors
+    (decided in exact fp32), the total and the gradients within bf16 rounding of fp32."""
+    make, (z_raw, mix_raw) = _random_inputs()
+    inp = make()
+    cfg = LossConfig(form=form, fused=fused)
+    runs = []
+    for enabled in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            out = hp_loss(inp, cfg, lam=0.5, generator=torch.Generator().manual_seed(2))
+        runs.append((out, torch.autograd.grad(out.total, [z_raw, mix_raw], retain_graph=True)))
+    (ref, ref_grads), (amp, amp_grads) = runs
+    assert torch.equal(amp.n_pos_ag, ref.n_pos_ag) and torch.equal(amp.n_pos_sp, ref.n_pos_sp)
+    assert amp.dropped == ref.dropped and amp.total.dtype == torch.float32
+    assert float(amp.total) == pytest.approx(float(ref.total), rel=REL[torch.bfloat16])
+    for a, b in zip(amp_grads, ref_grads, strict=True):
+        assert torch.allclose(a, b, atol=REL[torch.bfloat16] * float(b.abs().max()))
 
 
 def test_rho_one_puts_every_other_patch_in_the_denominator():

@@ -1,4 +1,5 @@
-"""Hidden positives against hand-computed cases: Eq. 2, 3, 4 (GHP) and Eq. 7, 9 / spec §2.7 (LHP)."""
+"""Hidden positives against hand-computed cases: Eq. 2, 3, 4 (GHP) and Eq. 7, 9 / spec §2.7 (LHP); the core ones in
+fp32 and bf16 (the dtype of what leaves the trainer's autocast region): thresholds decided in exact fp32 either way."""
 
 import math
 
@@ -18,20 +19,26 @@ from hpnb.positives import (
     window_index,
 )
 
-
-def _unit(*angles_deg):
-    return torch.tensor([[math.cos(math.radians(a)), math.sin(math.radians(a))] for a in angles_deg])
+DTYPES = [torch.float32, torch.bfloat16]
 
 
-def test_criteria_eq2_is_the_max_similarity_to_the_pool():
-    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    pool = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
-    assert criteria(x, pool).tolist() == pytest.approx([1.0, 0.8])
-    assert criteria(x, pool, chunk=1).tolist() == pytest.approx([1.0, 0.8])  # chunked == unchunked
+def _unit(*angles_deg, dtype=torch.float32):
+    return torch.tensor([[math.cos(math.radians(a)), math.sin(math.radians(a))] for a in angles_deg], dtype=dtype)
 
 
-def test_eq3_symmetric_selection_by_hand():
-    f = _unit(0, 30, 90)  # sims: s12 = .866, s13 = 0, s23 = .5
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_criteria_eq2_is_the_max_similarity_to_the_pool(dtype):
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=dtype)
+    pool = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=dtype)
+    assert criteria(x, pool).dtype == torch.float32  # thresholds in at least fp32
+    expected = [1.0, float(torch.tensor(0.8, dtype=dtype))]  # bf16 holds 0.8 as 0.80078125, exactly compared
+    assert criteria(x, pool).tolist() == pytest.approx(expected, rel=1e-6)
+    assert criteria(x, pool, chunk=1).tolist() == pytest.approx(expected, rel=1e-6)  # chunked == unchunked
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_eq3_symmetric_selection_by_hand(dtype):
+    f = _unit(0, 30, 90, dtype=dtype)  # sims: s12 = .866, s13 = 0, s23 = .5
     c = torch.tensor([0.9, 0.95, 0.4])
     sym = positive_block(f, f, c, c, 0, symmetric=True)
     # P(1) = {}: .866 is below both c1 and c2; P(2) = {3}: .5 > c3; P(3) = {2}: .5 > c3
@@ -51,6 +58,34 @@ def test_eq4_task_specific_sets_use_the_same_rule_with_their_own_pool():
         [False, False, False, True],
         [False, False, True, False],
     ]
+
+
+def _near_threshold(dtype, autocast: bool, stored=torch.float32):
+    """Criteria and positives of 64 unit vectors in 4 tight clusters (similarities crowd around their criteria, taken
+    against 8 more points of the clusters), the vectors rounded to `dtype`, held in `stored`, optionally computed under
+    CPU bf16 autocast; anchors 8..39 as one block."""
+    g = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(4, 16, generator=g), dim=1)
+    x = F.normalize(centres[torch.arange(64) % 4] + 0.15 * torch.randn(64, 16, generator=g), dim=1)
+    pool = F.normalize(centres[torch.arange(8) % 4] + 0.15 * torch.randn(8, 16, generator=g), dim=1)
+    x, pool = x.to(dtype).to(stored), pool.to(dtype).to(stored)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        c = criteria(x, pool)
+        return positive_block(x[8:40], x, c[8:40], c, 8), c
+
+
+@pytest.mark.parametrize(
+    "stored,autocast", [(torch.bfloat16, False), (torch.float32, True)], ids=["bf16-inputs", "fp32-under-bf16-autocast"]
+)
+def test_positives_are_decided_in_exact_fp32_whatever_the_dtype(stored, autocast):
+    """bf16 inputs give the positives of the same values held in fp32, and bf16 autocast changes nothing: a similarity
+    rounded to bf16 (steps of 2^-8 near 1) moves across its criterion (3 of these 2048 pairs would flip)."""
+    rounded = torch.bfloat16 if stored == torch.bfloat16 else torch.float32
+    pos, c = _near_threshold(rounded, autocast, stored)
+    ref_pos, ref_c = _near_threshold(rounded, False, torch.float32)
+    assert c.dtype == torch.float32 and torch.equal(c, ref_c)
+    assert torch.equal(pos, ref_pos)
+    assert 100 < int(pos.sum()) < 1000  # a real mix of positives and non-positives
 
 
 def test_the_anchor_is_never_its_own_positive_in_any_block():
@@ -134,13 +169,18 @@ def test_gradient_reaches_exactly_the_kept_neighbours_in_proportion(form):
         assert ((grad[b, 0] != 0) == (expected != 0)).all()  # only kept window cells receive gradient
 
 
-def test_mixing_equals_the_dense_matrix_product():
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mixing_equals_the_dense_matrix_product(dtype):
+    """In fp32 whatever the codes' dtype (bf16 codes from an autocast head, attention in bf16 too)."""
     g = torch.Generator().manual_seed(2)
-    attn = torch.randn(3, 1 + 30, 1 + 30, generator=g)
+    attn = torch.randn(3, 1 + 30, 1 + 30, generator=g).to(dtype)
     weights, denom = attention_to_lhp(attn, (5, 6))
-    s = torch.randn(3, 4, 5, 6, generator=g)
-    dense = torch.einsum("bij,bkj->bki", dense_lhp_matrix(weights, denom, (5, 6)), s.flatten(2)).reshape(3, 4, 5, 6)
-    assert torch.allclose(mix_codes(s, weights, denom), dense, atol=1e-6)
+    s = torch.randn(3, 4, 5, 6, generator=g).to(dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        mixed = mix_codes(s, weights, denom)
+    dense = torch.einsum("bij,bkj->bki", dense_lhp_matrix(weights, denom, (5, 6)), s.float().flatten(2))
+    assert weights.dtype == mixed.dtype == torch.float32
+    assert torch.allclose(mixed, dense.reshape(3, 4, 5, 6), atol=1e-6)
 
 
 def test_reference_pools_take_m_images_and_are_unit_length():
