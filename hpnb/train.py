@@ -601,10 +601,12 @@ def train_or_load(cfg: HPConfig, out: str | Path, backbone=None, progress: bool 
     return TrainedRun(*load_run(out), out)
 
 
-def training_log(rows: list[dict], alpha: float | None = None, figure=None):
+def training_log(rows: list[dict], alpha: float | None = None, figure=None, kept_step: int | None = None):
     """Three panels of a run's log (hpnb.runs.read_log) against the iteration t: the contrastive terms with their
-    running mean, λ(t) on a twin axis and its warm-up (λ = 0) shaded; the regulariser R; the validation mIoU of both
-    heads with the best point (the checkpoint kept) marked.
+    running mean, λ(t) on a twin axis and its warm-up (λ = 0) shaded; the regulariser R (logged unweighted: the mean
+    ‖z − z_aug‖); the validation mIoU of both heads. A dashed line across the panels, and a star on each head's curve,
+    mark the checkpoint kept: `kept_step` (e.g. hpnb.runs.selected_step(run)), or by default the validation step the
+    trainer selects, the first with the highest score (the official sum of cluster and linear Acc and mIoU).
 
     `alpha` (the weight of R) labels R's panel; `figure` draws on a given matplotlib Figure (the trainer's headless
     path) instead of a new pyplot one."""
@@ -633,29 +635,41 @@ def training_log(rows: list[dict], alpha: float | None = None, figure=None):
     ax_lam.set_ylabel("λ (dotted)", color="0.4")
     ax.set_xlabel("iteration t")
     ax.set_ylabel("loss")
-    ax.set_title("contrastive terms fall as training goes on", fontsize=10)
+    ax.set_title(f"Φ, Ψ per step; running mean of L {smooth[0]:.1f} → {smooth[-1]:.1f}", fontsize=10)
     ax.legend(fontsize=7.5, loc="upper right")
     ax_reg.plot(steps, [r["reg"] for r in rows], color="tab:red", lw=1)
     ax_reg.set_xlabel("iteration t")
     ax_reg.set_title("R (Eq. 11)" + (f", weight α = {alpha:g}" if alpha is not None else ""), fontsize=10)
     val = [r for r in rows if "val" in r]
+    if val and kept_step is None:  # the trainer's rule: the first validation step with the highest score
+
+        def score(v):
+            return v["score"] if "score" in v else sum(v[h][m] for h in ("cluster", "linear") for m in ("acc", "miou"))
+
+        kept_step = max(val, key=lambda r: score(r["val"]))["step"]
     for head, colour in (("cluster", "tab:green"), ("linear", "tab:purple")):
         if not val:
             break
         ys = [r["val"][head]["miou"] for r in val]
         ax_val.plot([r["step"] for r in val], ys, "o-", color=colour, label=f"{head} head")
-        k = max(range(len(ys)), key=ys.__getitem__)
-        ax_val.plot(val[k]["step"], ys[k], "*", ms=14, color=colour, mec="k")
-        ax_val.annotate(f"{ys[k]:.1f}", (val[k]["step"], ys[k]), xytext=(6, -12), textcoords="offset points")
-    if val:
+        for r, y in zip(val, ys, strict=True):
+            if r["step"] == kept_step:
+                ax_val.plot(r["step"], y, "*", ms=14, color=colour, mec="k")
+                ax_val.annotate(f"{y:.1f}", (r["step"], y), xytext=(6, -12), textcoords="offset points")
+    if kept_step is not None:
+        for panel in (ax, ax_reg, ax_val):
+            panel.axvline(kept_step, color="k", ls="--", lw=1, alpha=0.6, zorder=0)
+        ax_val.plot([], [], "k--", lw=1, alpha=0.6, label=f"kept checkpoint (step {kept_step})")
+    if val or kept_step is not None:
         ax_val.legend(fontsize=8, loc="lower right")
+    if val:
         ax_val.set_ylim(0, 1.2 * max(r["val"][h]["miou"] for r in val for h in ("cluster", "linear")))
     else:
         ax_val.text(0.5, 0.5, "no validation step logged", ha="center", va="center", transform=ax_val.transAxes)
     ax_val.set_xlim(0, max(steps) * 1.05)
     ax_val.set_xlabel("iteration t")
     ax_val.set_ylabel("val mIoU (%)")
-    ax_val.set_title("validation (★ best: the checkpoint kept)", fontsize=10)
+    ax_val.set_title("validation (★ on the kept checkpoint)", fontsize=10)
     figure.tight_layout()
     return figure
 

@@ -121,17 +121,37 @@ def test_diagram_draws_the_boxes_and_a_legend_of_every_kind():
         diagram_box(ax, 0, 0, "x", "learned")
 
 
-def test_training_log_marks_the_best_validation_step_and_shades_the_warm_up():
+def test_training_log_marks_the_kept_checkpoint_and_shades_the_warm_up():
     from hpnb.viz import training_log
+
+    def marks(fig):
+        """(stars on the validation panel, x of the dashed kept-checkpoint line on each of the three panels)."""
+        ax, ax_reg, ax_val = fig.axes[:3]
+        stars = sorted(
+            (float(s.get_xdata()[0]), float(s.get_ydata()[0])) for s in ax_val.lines if s.get_marker() == "*"
+        )
+        dashed = [
+            [float(ln.get_xdata()[0]) for ln in a.lines if ln.get_linestyle() == "--" and len(ln.get_xdata())]
+            for a in (ax, ax_reg, ax_val)
+        ]
+        return stars, dashed
 
     fig = training_log(_log(), alpha=0.05)
     ax, ax_reg, ax_val, ax_lam = fig.axes
     assert ax.get_xlabel() == "iteration t" and ax_val.get_ylabel() == "val mIoU (%)"
     assert "α = 0.05" in ax_reg.get_title()
-    stars = [line for line in ax_val.lines if line.get_marker() == "*"]
-    assert sorted((float(s.get_xdata()[0]), float(s.get_ydata()[0])) for s in stars) == [(4.0, 26.0), (12.0, 22.0)]
+    # the trainer's rule: the first validation step with the highest Acc + mIoU sum (all tie in _log: t = 4),
+    # marked on both heads' curves, not each head's own best
+    assert marks(fig) == ([(4.0, 14.0), (4.0, 26.0)], [[4.0], [4.0], [4.0]])
+    assert "kept checkpoint (step 4)" in [t.get_text() for t in ax_val.get_legend().get_texts()]
     (span,) = ax.patches  # the warm-up: λ = 0 up to t = 2 in _log
     assert (span.get_x(), span.get_width()) == (0, 2)
+    scored = _log()
+    for row in scored:
+        if "val" in row:
+            row["val"]["score"] = -abs(row["step"] - 8)  # the logged score wins over the sum
+    assert marks(training_log(scored))[0] == [(8.0, 18.0), (8.0, 22.0)]
+    assert marks(training_log(_log(), kept_step=12)) == ([(12.0, 18.0), (12.0, 22.0)], [[12.0], [12.0], [12.0]])
     with pytest.raises(HpnbError, match="no logged steps"):
         training_log([])
 
