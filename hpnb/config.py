@@ -31,6 +31,7 @@ class HPConfig:
     val_split: str = "val"
     test_split: str = "test"  # the evaluation's default split: it must be one of the dataset's `splits`
     n_train: int | None = None  # toy world only: number of scenes
+    toy_link: float = 0.0  # toy world only: share of regions in their class's own material (0 = the shipped world)
     n_val: int | None = None
     n_clusters: int | None = None  # an unlabelled "folder": the number of clusters (K of k-means) to learn
     # backbone
@@ -101,6 +102,7 @@ ADDED = {
     "n_clusters": None,
     "tf32": True,
     "workers": None,
+    "toy_link": 0.0,
 }  # fields added after the first runs were saved, with their defaults
 
 # Official values (spec §5). Backbone features of these sets are too large to cache: online mode.

@@ -268,3 +268,43 @@ class _CallableModule(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _CallableModule
+
+
+class _FeatureKMeans(torch.nn.Module):
+    """k-means centroids on the raw backbone features, shaped like an HPModel for `image_labels`: the heads are the
+    identity, so the "codes" are the backbone features themselves."""
+
+    def __init__(self, centroids: torch.Tensor, classes: list[str]):
+        super().__init__()
+        self.heads = torch.nn.Module()
+        self.heads.seg = torch.nn.Identity()
+        self.cluster_probe = torch.nn.Module()
+        self.cluster_probe.centroids = torch.nn.Parameter(centroids.float(), requires_grad=False)
+        self.classes = list(classes)
+
+
+def raw_kmeans_segmenter(seg: "Segmenter", train_fs, max_points: int = 100_000, seed: int = 0) -> "Segmenter":
+    """What training changed, made visible: a Segmenter that clusters the *raw* backbone features with k-means
+    (k = the run's clusters, fitted on the training patches, protocol ii's baseline) and segments photos exactly as
+    `seg` does (same resizing, no CRF). Its cluster ids are matched one-to-one to the run's clusters by the
+    Hungarian method on the training patches, so one colour means the run's cluster it overlaps most."""
+    import torch.nn.functional as F
+
+    from hpnb.baseline import kmeans, sample_patches
+    from hpnb.metrics import hungarian_match
+
+    k = len(seg.names)
+    x = sample_patches(train_fs, max_points, seed)
+    centroids = kmeans(x, k, seed=seed)
+    with torch.no_grad():
+        device = next(seg.model.parameters()).device
+        codes = seg.model.heads.seg(x[:, :, None, None].to(device))[:, :, 0, 0].cpu().float()
+        hp = (
+            F.normalize(codes, dim=1) @ F.normalize(seg.model.cluster_probe.centroids.detach().cpu(), dim=1).T
+        ).argmax(1)
+    raw = (x @ centroids.T).argmax(1)
+    overlap = torch.zeros(k, k, dtype=torch.long).index_put_((raw, hp), torch.ones_like(raw), accumulate=True)
+    order = np.asarray(hungarian_match(overlap.numpy()))  # raw cluster -> run cluster
+    matched = torch.empty_like(centroids)
+    matched[torch.as_tensor(order)] = centroids  # row j: the raw centroid matched to the run's cluster j
+    return Segmenter((seg.cfg, _FeatureKMeans(matched, seg.names)), crf=False, backbone=seg.backbone, device=device)

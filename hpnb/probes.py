@@ -359,3 +359,25 @@ def fit_kmeans(
         sample = sample or patch_sample(fs, 1, seed=seed)
         x = F.normalize(PatchSample(sample.feats[:max_points], sample.targets[:max_points]).codes(codes, device), dim=1)
     return kmeans(x, n_clusters, iters=500, seed=seed)
+
+
+def cone_stats(x: torch.Tensor, n_centroids: int, seed: int = 0, max_points: int = 20_000) -> dict:
+    """Why an online cluster probe can leave clusters empty, measured on patch vectors `x` (n, D) (raw features or
+    codes). The probe compares directions (it normalises codes and centroids), so only the direction of its
+    N(0, 1) centroids matters. Returns the mean cosine between two patches (how narrow the cone the patches fill
+    is), the mean |cosine| between a random centroid direction and a patch, and, at the start, how many centroids
+    are nearest to at least one patch and the share of patches the most popular centroid takes. A centroid that is
+    nearest to no patch gets no gradient from the probe's loss, so it can stay empty for good."""
+    g = torch.Generator().manual_seed(seed)
+    x = F.normalize(x.double(), dim=1)
+    if len(x) > max_points:
+        x = x[torch.randperm(len(x), generator=g)[:max_points]]
+    centroids = F.normalize(torch.randn(n_centroids, x.shape[1], generator=g, dtype=torch.float64), dim=1)
+    pairs = torch.randint(0, len(x), (2, 20_000), generator=g)
+    won = torch.bincount((x @ centroids.T).argmax(1), minlength=n_centroids)
+    return {
+        "patch_cos": float((x[pairs[0]] * x[pairs[1]]).sum(1).mean()),
+        "centroid_cos": float((x @ centroids.T).abs().mean()),
+        "winners_at_start": int((won > 0).sum()),
+        "top_share": float(won.max() / len(x)),
+    }

@@ -111,11 +111,11 @@ ROWS = (("online", "HP"), ("online", "raw features"), ("converged", "HP"), ("con
 METRICS = (("cluster", "acc"), ("cluster", "miou"), ("linear", "acc"), ("linear", "miou"))
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], signed: bool = False) -> str:
     import statistics
 
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {std:.1f}"
+    return f"{statistics.mean(values):{'+' if signed else ''}.1f} ± {std:.1f}"
 
 
 def spread_table(summaries: list[dict], label: str = "") -> list[str]:
@@ -140,6 +140,222 @@ def spread_table(summaries: list[dict], label: str = "") -> list[str]:
         name = "(i) online probes" if protocol == "online" else "(ii) converged"
         lines.append(f"| {label if k == 0 else ''} | {name} | {method} | " + " | ".join(cells) + f" | {empty} |")
     return lines
+
+
+PROTOCOL_NAMES = {"online": "(i) online probes", "converged": "(ii) converged"}
+
+
+def score(summary: dict, protocol: str, features: str, head: str, metric: str) -> float:
+    """One number of an evaluation summary: e.g. score(s, "converged", "HP", "cluster", "miou")."""
+    return summary["protocols"][protocol]["results"][features][head][metric]
+
+
+def paired(
+    a: list[dict], b: list[dict] | None, protocol: str, head: str, metric: str, b_features: str = "HP"
+) -> tuple[float, float, list[float]]:
+    """a − b computed per seed (the lists in the same seed order): mean, sample std and the per-seed differences.
+    b=None compares a's HP codes with a's own raw features (the baseline of the same seed)."""
+    import statistics
+
+    if b is not None and len(a) != len(b):
+        raise ValueError(f"paired differences need one summary per seed on both sides, found {len(a)} and {len(b)}")
+    diffs = [
+        score(x, protocol, "HP", head, metric)
+        - (
+            score(x, protocol, "raw features", head, metric)
+            if b is None
+            else score(y, protocol, b_features, head, metric)
+        )
+        for x, y in zip(a, a if b is None else b, strict=True)
+    ]
+    return statistics.mean(diffs), (statistics.stdev(diffs) if len(diffs) > 1 else 0.0), diffs
+
+
+def verdict(mean: float, std: float) -> str:
+    """The reading a seed spread supports: "clear" when the mean difference is more than twice its spread."""
+    if abs(mean) > 2 * std and mean != 0:
+        return "clear: above" if mean > 0 else "clear: below"
+    return "within the seed spread"
+
+
+def comparison_table(variants: dict[str, list[dict]], label: str = "") -> list[str]:
+    """Markdown rows (header `COMPARISON_HEADER`): per protocol, the raw backbone features (the baseline stored with
+    the first variant's runs), each variant's trained codes, then the per-seed differences: the first variant minus
+    each other one, and each variant minus the raw features; the last column counts the cluster probe's empty
+    clusters. All lists hold one summary per seed, in seed order."""
+    names = list(variants)
+    first = variants[names[0]]
+
+    def empty(runs: list[dict], protocol: str, features: str) -> str:
+        counts = [s["protocols"][protocol]["results"][features]["empty_clusters"] for s in runs]
+        return f"{_mean_std(counts)} of {len(runs[0]['classes'])}"
+
+    lines = []
+    for protocol, pname in PROTOCOL_NAMES.items():
+        rows = [("raw features", [[score(s, protocol, "raw features", h, m) for s in first] for h, m in METRICS])]
+        counts = [empty(first, protocol, "raw features")]
+        for n in names:
+            rows.append((n, [[score(s, protocol, "HP", h, m) for s in variants[n]] for h, m in METRICS]))
+            counts.append(empty(variants[n], protocol, "HP"))
+        for n in names[1:]:
+            rows.append((f"{names[0]} − {n}", [paired(first, variants[n], protocol, h, m)[2] for h, m in METRICS]))
+        for n in names:
+            rows.append((f"{n} − raw", [paired(variants[n], None, protocol, h, m)[2] for h, m in METRICS]))
+        counts += ["–"] * (len(rows) - len(counts))
+        for k, ((row, values), count) in enumerate(zip(rows, counts, strict=True)):
+            first_cell = label if (protocol == "online" and k == 0) else ""
+            cells = " | ".join(_mean_std(v, signed=" − " in row) for v in values)
+            lines.append(f"| {first_cell} | {pname if k == 0 else ''} | {row} | {cells} | {count} |")
+    return lines
+
+
+# The saved multi-seed runs of results/ that the notebooks, the demo report and the README compare (written by
+# tools/camvid_results.sh and tools/sweep.py; never edited by hand): name -> (label, folder, {row: file pattern}).
+SAVED_RUNS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "camvid": (
+        "CamVid test, camvid-cpu preset (270 iterations)",
+        "camvid",
+        {"(a) full HP": "full_seed*_test.json", "(g) plain Eq. 1": "eq1_seed*_test.json"},
+    ),
+    "camvid-table4": (
+        "CamVid test, camvid-cpu preset (270 iterations)",
+        "camvid",
+        {
+            "(a) full HP": "full_seed*_test.json",
+            "(b) no LHP": "no-lhp_seed*_test.json",
+            "(c) no task-specific GHP": "no-sp_seed*_test.json",
+            "(g) plain Eq. 1": "eq1_seed*_test.json",
+        },
+    ),
+    "toy": (
+        "toy world test, toy preset (222 iterations)",
+        "sweep/toy-preset",
+        {"(a) full HP": "toy_preset__seed*.json", "(g) plain Eq. 1": "plain_Eq._1__g___seed*.json"},
+    ),
+    "toy-notebook": (
+        "toy world test, toy-notebook preset (36 iterations)",
+        "sweep/toy-table4",
+        {"(a) full HP": "_a__full__seed*.json", "(g) plain Eq. 1": "_g__plain_Eq._1__seed*.json"},
+    ),
+    "toy-table4": (
+        "toy world test, toy-notebook preset (36 iterations)",
+        "sweep/toy-table4",
+        {
+            "(a) full HP": "_a__full__seed*.json",
+            "(b) no LHP": "_b__no_LHP__seed*.json",
+            "(c) no task-specific GHP": "_c__no_task-specific_GHP__seed*.json",
+            "(g) plain Eq. 1": "_g__plain_Eq._1__seed*.json",
+        },
+    ),
+    **{
+        f"toy-link-{link}": (
+            f"toy world test, toy-notebook preset, toy_link {link}",
+            "sweep/toy-link",
+            {
+                "(a) full HP": f"_a__full__toy_link_{link}__seed*.json",
+                "(g) plain Eq. 1": f"_g__plain_Eq._1__toy_link_{link}__seed*.json",
+            },
+        )
+        for link in (1.0,)
+    },
+}
+
+
+def saved_runs(name: str, split: str = "test", root: str | Path | None = None) -> dict[str, list[dict]]:
+    """{row: evaluation summaries in seed order} of one entry of `SAVED_RUNS` (rows without files are left out).
+    Sweep records (tools/sweep.py) hold one summary per split; the CamVid copies are test summaries."""
+    import json
+    import re
+
+    from hpnb.utils import HpnbError, repo_root
+
+    if name not in SAVED_RUNS:
+        raise HpnbError(f"unknown saved runs {name!r}; known: {', '.join(SAVED_RUNS)}")
+    _, folder, rows = SAVED_RUNS[name]
+    base = Path(root or repo_root() / "results") / folder
+    out = {}
+    for row, pattern in rows.items():
+        found = []
+        for path in base.glob(pattern):
+            record = json.loads(path.read_text())
+            seed = record.get("seed", int(re.search(r"seed(\d+)", path.name).group(1)))
+            found.append((seed, record["eval"][split] if "eval" in record else record))
+        if found:
+            out[row] = [summary for _, summary in sorted(found, key=lambda t: t[0])]
+    seeds = {len(v) for v in out.values()}
+    if len(seeds) > 1:
+        raise HpnbError(
+            f"results/{folder}: the rows hold different numbers of seeds ({sorted(seeds)}); finish the runs"
+        )
+    return out
+
+
+def saved_comparison(names: tuple[str, ...] = ("camvid", "toy-notebook"), split: str = "test") -> str:
+    """Markdown: `comparison_table` of each saved entry that has runs (full HP, plain Eq. 1, the raw features, per
+    protocol, mean ± std over seeds, differences per seed)."""
+    lines = list(COMPARISON_HEADER)
+    for name in names:
+        runs = saved_runs(name, split)
+        if runs:
+            n = len(next(iter(runs.values())))
+            lines += comparison_table(runs, f"{SAVED_RUNS[name][0]}, {n} seeds")
+    return "\n".join(lines)
+
+
+def table4_deltas(
+    datasets: dict[str, dict[str, list[dict]]], metric: str = "miou", head: str = "cluster"
+) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
+    """{protocol: {dataset label: {row: (mean, std)}}}: each row's score minus the first row's (full HP), and the raw
+    features' minus the first row's, computed per seed (`hpnb.viz.table4_delta_figure` draws it). `datasets` maps a
+    label to {row: summaries in seed order} (`saved_runs`)."""
+    out: dict = {}
+    for protocol in PROTOCOL_NAMES:
+        out[protocol] = {}
+        for label, runs in datasets.items():
+            names = list(runs)
+            ref = runs[names[0]]
+            rows = {n: paired(runs[n], ref, protocol, head, metric)[:2] for n in names[1:]}
+            mean, std, _ = paired(ref, None, protocol, head, metric)
+            rows["raw features"] = (-mean, std)
+            out[protocol][f"{label} ({len(ref)} seeds)"] = rows
+    return out
+
+
+# Notebook 06's own run: full HP against plain Eq. 1 on CamVid, one seed of the saved runs' preset (results/camvid
+# holds all three seeds of the same configs), timed by benchmarks/student_run.py.
+STUDENT_PRESET, STUDENT_SEED = "camvid-cpu", 0
+STUDENT_ROWS = {"(a) full HP": {}, "(g) plain Eq. 1": {"objective": "self"}}
+
+
+def student_configs(preset: str = STUDENT_PRESET, seed: int = STUDENT_SEED, **overrides) -> dict:
+    """{row: HPConfig} of the student's head-to-head run (no CRF: the saved runs were scored without it)."""
+    from hpnb.config import get_config
+
+    return {
+        row: get_config(preset, seed=seed, crf=False, **switch, **overrides) for row, switch in STUDENT_ROWS.items()
+    }
+
+
+def head_to_head(
+    configs: dict, root: str | Path, split: str | None = None, backbone=None, progress: bool = True
+) -> dict[str, dict]:
+    """Train (or load) each config of {row: HPConfig} into root/<row as a folder name> and evaluate its checkpoint
+    selected on val on `split` (default: the config's test split) under both protocols, without the CRF: {row:
+    evaluation summary}. `comparison_table({row: [summary]})` sets the rows side by side."""
+    from hpnb.train import train_or_load
+
+    out = {}
+    for row, cfg in configs.items():
+        folder = Path(root) / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in row).strip("_")
+        run = train_or_load(cfg, folder, backbone=backbone, progress=progress)
+        out[row] = evaluate_on_split(run.out, split, crf=False, progress=progress).summary
+    return out
+
+
+COMPARISON_HEADER = [
+    "| runs | protocol | row | cluster Acc | cluster mIoU | linear Acc | linear mIoU | empty clusters |",
+    "|---|---|---|---:|---:|---:|---:|---:|",
+]
 
 
 SPREAD_HEADER = [

@@ -39,6 +39,7 @@ def dataset_for(cfg: HPConfig, split: str, res: int, n: int | None = None):
         n=n,
         seed=cfg.seed,
         n_clusters=cfg.n_clusters,
+        toy_link=cfg.toy_link,
     )
 
 

@@ -296,6 +296,41 @@ def ablation_figure(best: dict[str, dict], reference: str | None = None, metric:
     return fig
 
 
+def table4_delta_figure(
+    deltas: dict[str, dict[str, dict[str, tuple[float, float]]]],
+    metric: str = "miou",
+    paper: dict[str, float] | None = None,
+    titles: dict[str, str] | None = None,
+):
+    """Table 4 as differences against full HP: one panel per protocol, one bar colour per dataset, a bar per row
+    (mean ± std over seeds of the per-seed difference). `deltas` is {protocol: {dataset label: {row: (mean, std)}}}
+    (`hpnb.report.table4_deltas`); `paper` adds the paper's own differences as markers in protocol "online"."""
+    import matplotlib.pyplot as plt
+
+    word = "mIoU" if metric == "miou" else "Acc"
+    protocols = list(deltas)
+    names = list(dict.fromkeys(n for per in deltas.values() for rows in per.values() for n in rows))
+    fig, axes = plt.subplots(1, len(protocols), figsize=(5.5 * len(protocols), 3.6), sharey=True, squeeze=False)
+    for ax, protocol in zip(axes[0], protocols, strict=True):
+        per = deltas[protocol]
+        width = 0.8 / len(per)
+        for k, (label, rows) in enumerate(per.items()):
+            xs = [names.index(n) + (k - (len(per) - 1) / 2) * width for n in rows]
+            ax.bar(xs, [m for m, _ in rows.values()], width, yerr=[s for _, s in rows.values()], capsize=3, label=label)
+        if paper and protocol == "online":
+            px = [names.index(n) for n in paper if n in names]
+            ax.plot(px, [paper[names[x]] for x in px], "k_", ms=18, mew=2, label="paper (COCO-Stuff, ViT-S/8)")
+        ax.axhline(0, color="k", lw=1)
+        ax.set_xticks(range(len(names)), [n.split(" ")[0] if n.startswith("(") else n for n in names])
+        ax.set_title((titles or {}).get(protocol, protocol), fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel(f"cluster {word}: row − full HP (points)")
+    axes[0][-1].legend(fontsize=8, loc="lower left")
+    fig.suptitle("Table 4's rows against full HP (a), differences per seed; below 0: worse than full HP", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 # -- small worked examples -----------------------------------------------------------------------------------------
 
 
@@ -403,6 +438,34 @@ def legend_figure(names: list[str], colours: np.ndarray, title: str = "clusters"
     fig = plt.figure(figsize=(4.6, 0.35 + 0.28 * rows))
     handles = [Patch(color=colours[k] / 255, label=f"{k}: {n}") for k, n in enumerate(names)]
     fig.legend(handles=handles, loc="center", ncol=2, fontsize=9, frameon=False, title=title)
+    return fig
+
+
+def compare_overlays(
+    images: list[np.ndarray], columns: dict[str, list[np.ndarray]], names: list[str], colours, alpha=0.5
+):
+    """One row per photo: the photo, then one overlay per labelling in `columns` ({title: label maps}), with one
+    legend; the labellings share cluster ids (e.g. `hpnb.predict.raw_kmeans_segmenter` matched to a run)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    colours = np.asarray(colours, dtype=np.uint8)
+    shown = sorted({int(k) for labs in columns.values() for lab in labs for k in np.unique(lab) if k >= 0})
+    legend_cols = min(4, max(1, len(shown)))
+    legend_h = 0.3 + 0.22 * math.ceil(len(shown) / legend_cols)
+    height = 2.4 * len(images) + legend_h
+    fig, axes = plt.subplots(len(images), 1 + len(columns), figsize=(3 * (1 + len(columns)), height), squeeze=False)
+    for r, image in enumerate(images):
+        axes[r, 0].imshow(image)
+        for c, labs in enumerate(columns.values(), start=1):
+            axes[r, c].imshow(overlay(image, labs[r], colours, alpha))
+    for c, title in enumerate(("photo", *columns)):
+        axes[0, c].set_title(title, fontsize=9)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    handles = [Patch(color=colours[k] / 255, label=f"{k}: {names[k]}") for k in shown]
+    fig.legend(handles=handles, loc="lower center", ncol=legend_cols, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, legend_h / height, 1, 1))
     return fig
 
 

@@ -44,11 +44,15 @@ def purity(pos: torch.Tensor, lab: torch.Tensor) -> float:
     return float((pos & same).sum() / (pos & valid).sum().clamp_min(1))
 
 
-def ghp_stats(fs: FeatureSet, pool_size: int = 64, n_images: int = 16, seed: int = 0, symmetric: bool = True) -> dict:
+def ghp_stats(
+    fs: FeatureSet, pool_size: int = 64, n_images: int = 16, seed: int = 0, symmetric: bool = True, split: bool = False
+) -> dict:
     """Eq. 2–3 on cached features, anchors = all patches of the first `n_images` images, Q_ag from other images.
 
     mean |P_ag| per anchor; recall (share of the same-label pairs that are positives); the share of positive pairs
-    that join two different images (the *global* part); the share of anchors without any positive; purity."""
+    that join two different images (the *global* part); the share of anchors without any positive; purity.
+    split=True adds `purity_other`: the purity of the positives found in other images, the hidden positives that
+    plain Eq. 1 would have pushed away as negatives."""
     x, lab = _flat(fs, n_images)
     pool = anchor_pool(fs, pool_size, n_images, torch.Generator().manual_seed(seed))
     c = criteria(x, pool)
@@ -64,6 +68,27 @@ def ghp_stats(fs: FeatureSet, pool_size: int = 64, n_images: int = 16, seed: int
         "other_images": float((pos & (image[:, None] != image[None, :])).sum() / pos.sum().clamp_min(1)),
         "share_without_positive": float((n_pos == 0).float().mean()),
         "purity": purity(pos, lab),
+        **({"purity_other": purity(pos & (image[:, None] != image[None, :]), lab)} if split else {}),
+    }
+
+
+def neighbourhood_stats(fs: FeatureSet, n_clusters: int, pool_size: int = 64, seeds=(0, 1, 2)) -> dict:
+    """What the probes and HP's mining see in one representation (raw features, or codes through
+    `hpnb.probes.code_set`), averaged over pool and centroid seeds: the cone (`hpnb.probes.cone_stats`: patch_cos,
+    centroid_cos, top_share, winners_at_start per seed) and the GHP sets (`ghp_stats` with split=True: other_images,
+    purity, purity_other)."""
+    import statistics
+
+    from hpnb.probes import cone_stats
+
+    flat = fs.feats.permute(0, 2, 3, 1).flatten(0, 2)
+    cones = [cone_stats(flat, n_clusters, seed=k) for k in seeds]
+    ghps = [ghp_stats(fs, pool_size, seed=k, split=True) for k in seeds]
+    return {
+        **{key: statistics.mean(c[key] for c in cones) for key in ("patch_cos", "centroid_cos", "top_share")},
+        "winners_at_start": [c["winners_at_start"] for c in cones],
+        "n_clusters": n_clusters,
+        **{key: statistics.mean(g[key] for g in ghps) for key in ("other_images", "purity", "purity_other")},
     }
 
 
@@ -380,6 +405,7 @@ FORMATS = {
     "mass_on_positives": pct,
     "recall": pct,
     "other_images": pct,
+    "purity_other": pct,
 }
 HEADERS = {
     "M": "M",
@@ -390,6 +416,7 @@ HEADERS = {
     "purity": "purity %",
     "recall": "recall %",
     "other_images": "% in other images",
+    "purity_other": "purity in other images %",
     "mass_on_positives": "% mass on P_i",
     "denominator_size": "denominator size",
 }

@@ -20,7 +20,19 @@ import sys
 import time
 from pathlib import Path
 
+from hpnb.config import PRESETS, scaled
+
 ROOT = Path(__file__).resolve().parents[1]
+
+# Table 4's rows (a), (b), (c), (g) as config switches
+TABLE4 = {
+    "(a) full": {},
+    "(b) no LHP": dict(use_lhp=False),
+    "(c) no task-specific GHP": dict(use_sp=False),
+    "(g) plain Eq. 1": dict(objective="self"),
+}
+# notebook 06's student run: camvid-cpu in 3 epochs (135 iterations), its EMA, warm-up and renewal scaled to them
+STUDENT = dict(epochs=3, **scaled(PRESETS["camvid-cpu"]["pool_size"], 3 * (367 // 8)))
 
 # name -> (preset, {config name: overrides}); every config runs with each seed
 SWEEPS: dict[str, tuple[str, dict[str, dict]]] = {
@@ -38,8 +50,25 @@ SWEEPS: dict[str, tuple[str, dict[str, dict]]] = {
             "scaled, M 256 (rho 0.16)": dict(rho=0.16, dim=512, ema_m=0.6, lam_warmup=19, renew_every=2, pool_size=256),
         },
     ),
-    # the toy preset as it ships (make demo runs its seed 0; the report shows the spread of these three)
-    "toy-preset": ("toy", {"toy preset": {}}),
+    # the toy preset as it ships (make demo runs its seed 0; the report shows the spread of these three), and plain
+    # Eq. 1 (Table 4's row (g)) at the same preset
+    "toy-preset": ("toy", {"toy preset": {}, "plain Eq. 1 (g)": dict(objective="self")}),
+    # Table 4's rows at the notebooks' scale (the toy-notebook preset of notebooks 04-05: 96 scenes, 36 iterations)
+    "toy-table4": ("toy-notebook", TABLE4),
+    # a toy-world property: the share of regions in their class's own material (toy_link; 0 is the shipped world)
+    "toy-link": (
+        "toy-notebook",
+        {
+            f"{row}, toy_link {link}": dict(TABLE4[row], toy_link=link)
+            for link in (1.0,)
+            for row in ("(a) full", "(g) plain Eq. 1")
+        },
+    ),
+    # the student's CamVid run of notebook 06: camvid-cpu in half its iterations (3 epochs), full HP and plain Eq. 1
+    "camvid-student": (
+        "camvid-cpu",
+        {"(a) full, 3 epochs": STUDENT, "(g) plain Eq. 1, 3 epochs": dict(STUDENT, objective="self")},
+    ),
     "camvid-operating-point": (
         "camvid-cpu",
         {

@@ -49,10 +49,12 @@ def get_dataset(
     n: int | None = None,
     seed: int = 0,
     n_clusters: int | None = None,
+    toy_link: float = 0.0,
 ) -> torch.utils.data.Dataset:
     """A dataset by registry name. `n` keeps the first n items (the toy world generates exactly n scenes; `seed`
     is the toy world's); `crop_type="five"` reads the five-crop folder of a file dataset; `n_clusters` is the
-    number of clusters of an unlabelled "folder" (ignored by the other datasets)."""
+    number of clusters of an unlabelled "folder" (ignored by the other datasets); `toy_link` is the toy world's share
+    of class-own materials (`hpnb.data.toyworld.SIGNATURES`; 0, the shipped world, when not given)."""
     key = name.lower()
     if key not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}.")
@@ -60,7 +62,7 @@ def get_dataset(
         kwargs = {"res": res} if res is not None else {}
         if callable(transform):
             kwargs["transform"] = transform
-        return ToyWorld(split=split, n=n, seed=seed, **kwargs)
+        return ToyWorld(split=split, n=n, seed=seed, link=toy_link, **kwargs)
     if crop_type is not None:
         dataset = CroppedDataset(root, DATASETS[key], split, crop_type=crop_type, res=res, transform=transform)
         if key == "folder":  # the class list is the folder's own (classes.txt), not a fixed one

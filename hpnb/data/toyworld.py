@@ -147,8 +147,32 @@ def _shade(base: np.ndarray, tex: np.ndarray, contrast: float) -> np.ndarray:
 SHARED_TEXTURES = ("brick", "grass", "gravel", "moon", "clouds", "foliage", "blotch")
 
 
-def _material(rng: np.random.Generator) -> tuple[np.ndarray, str, tuple[float, float], float]:
-    """(colour, texture name, texture zoom range, contrast), drawn the same way for every class."""
+# `link` (ToyWorld's `link`, the config's `toy_link`): the share of regions that instead wear their class's own
+# material, as in photos, where sky is mostly blue and smooth and road grey and gravelly. 0 (the shipped world) draws
+# no extra random number, so its scenes are the same as before the knob existed.
+SIGNATURES: dict[int, tuple[tuple[float, float] | None, tuple[float, float], tuple[float, float], str]] = {
+    # class: (hue range or None for any hue, saturation range, value range, texture)
+    SKY: ((0.55, 0.62), (0.3, 0.6), (0.7, 0.9), "clouds"),
+    BUILDING: ((0.0, 0.08), (0.4, 0.7), (0.4, 0.7), "brick"),
+    TREE: ((0.25, 0.38), (0.5, 0.8), (0.25, 0.5), "foliage"),
+    GRASS: ((0.2, 0.3), (0.4, 0.7), (0.5, 0.8), "grass"),
+    ROAD: ((0.0, 1.0), (0.0, 0.08), (0.3, 0.5), "gravel"),
+    WATER: ((0.58, 0.68), (0.6, 0.85), (0.35, 0.6), "blotch"),
+    CAR: (None, (0.7, 0.85), (0.6, 0.9), "moon"),
+    BALL: (None, (0.75, 0.9), (0.75, 0.9), "moon"),
+}
+
+
+def _material(
+    rng: np.random.Generator, cls: int, link: float = 0.0
+) -> tuple[np.ndarray, str, tuple[float, float], float]:
+    """(colour, texture name, texture zoom range, contrast): with probability `link` the class's own material
+    (`SIGNATURES`), otherwise drawn from the pool shared by every class."""
+    if link > 0 and rng.random() < link:
+        hue, sat, val, texture = SIGNATURES[cls]
+        h = rng.random() if hue is None else rng.uniform(*hue)
+        zoom = rng.uniform(0.8, 1.2)
+        return _hsv(h, rng.uniform(*sat), rng.uniform(*val)), texture, (zoom, zoom * 1.3), float(rng.uniform(0.15, 0.3))
     if rng.random() < 0.25:
         colour = _hsv(0.0, 0.0, rng.uniform(0.2, 0.9))
     else:
@@ -171,8 +195,8 @@ def _surface(rng: np.random.Generator, material, h: int, w: int, res: int) -> np
 class _Canvas:
     """An image (h, w, 3 float32 in [0, 1]) and its label map (h, w int64), painted in place."""
 
-    def __init__(self, res: int):
-        self.res = res
+    def __init__(self, res: int, link: float = 0.0):
+        self.res, self.link = res, link
         self.img = np.zeros((res, res, 3), np.float32)
         self.lab = np.zeros((res, res), np.int64)
 
@@ -217,12 +241,12 @@ def _paint_sky(c: _Canvas, rng: np.random.Generator, horizon: float) -> None:
     where = c.box(0.0, horizon + 0.02, 0.0, 1.0)
     h, w = where[0].stop, c.res
     t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None] ** rng.uniform(0.6, 1.5)
-    c.paint(where, None, _surface(rng, _material(rng), h, w, c.res) * (0.8 + 0.4 * t), SKY)
+    c.paint(where, None, _surface(rng, _material(rng, SKY, c.link), h, w, c.res) * (0.8 + 0.4 * t), SKY)
 
 
 def _paint_buildings(c: _Canvas, rng: np.random.Generator, horizon: float) -> None:
     """One to five upright blocks standing on the horizon, most with a grid of dark windows."""
-    material = _material(rng)
+    material = _material(rng, BUILDING, c.link)
     for _ in range(rng.integers(1, 6)):
         width, height = rng.uniform(0.12, 0.45), rng.uniform(0.25, 0.9) * horizon
         x0 = rng.uniform(-0.1, 1.0 - width * 0.5)
@@ -248,7 +272,7 @@ def _paint_grass(c: _Canvas, rng: np.random.Generator, horizon: float) -> None:
         return
     h, w = where[0].stop - where[0].start, c.res
     fade = np.linspace(rng.uniform(0.75, 1.0), 1.0, h, dtype=np.float32)[:, None, None]
-    c.paint(where, None, _surface(rng, _material(rng), h, w, c.res) * fade, GRASS)
+    c.paint(where, None, _surface(rng, _material(rng, GRASS, c.link), h, w, c.res) * fade, GRASS)
 
 
 def _paint_water(c: _Canvas, rng: np.random.Generator, horizon: float) -> None:
@@ -270,7 +294,7 @@ def _paint_water(c: _Canvas, rng: np.random.Generator, horizon: float) -> None:
         mask = _ellipse(cy, cx, ry, rx, ys, xs)
     ys, xs = _grid(where, c.res)
     h, w = ys.shape[0], xs.shape[1]
-    col = _surface(rng, _material(rng), h, w, c.res)
+    col = _surface(rng, _material(rng, WATER, c.link), h, w, c.res)
     ripple = np.sin(2 * np.pi * rng.uniform(60, 140) * ys * (1 + 0.5 * ys))
     streak = np.clip(ripple - 0.6, 0, 1)[..., None] * rng.uniform(0.2, 0.5)  # horizontal glints
     c.paint(where, mask, np.clip(col * (0.85 + 0.1 * ripple[..., None]) + streak, 0, 1), WATER)
@@ -299,7 +323,7 @@ def _paint_road(c: _Canvas, rng: np.random.Generator, horizon: float) -> tuple[f
         ys, xs = _grid(where, c.res)
         mask, centre = None, None
     h, w = ys.shape[0], xs.shape[1]
-    col = _surface(rng, _material(rng), h, w, c.res)
+    col = _surface(rng, _material(rng, ROAD, c.link), h, w, c.res)
     if rng.random() < 0.8:  # dashed centre line, part of the road
         paint = _hsv(rng.random(), rng.uniform(0.0, 0.8), 0.95)
         if centre is None:
@@ -318,7 +342,7 @@ def _paint_tree(c: _Canvas, rng: np.random.Generator, y: float, size: float) -> 
     where = c.box(y - trunk_h - 0.02, y, cx - trunk_w / 2, cx + trunk_w / 2)
     if where is not None:
         h, w = where[0].stop - where[0].start, where[1].stop - where[1].start
-        c.paint(where, None, _surface(rng, _material(rng), h, w, c.res) * 0.7, TREE)
+        c.paint(where, None, _surface(rng, _material(rng, TREE, c.link), h, w, c.res) * 0.7, TREE)
     ry, rx = size * rng.uniform(0.35, 0.6), size * rng.uniform(0.3, 0.5)
     cy = y - trunk_h - ry * 0.6
     where = c.box(cy - ry * 1.3, cy + ry * 1.3, cx - rx * 1.4, cx + rx * 1.4)
@@ -331,7 +355,7 @@ def _paint_tree(c: _Canvas, rng: np.random.Generator, y: float, size: float) -> 
         dy, dx = rng.uniform(-0.8, 0.5) * ry, rng.uniform(-0.9, 0.9) * rx
         mask |= _ellipse(cy + dy, cx + dx, ry * rng.uniform(0.4, 0.7), rx * rng.uniform(0.4, 0.7), ys, xs)
     shade = np.clip(1.15 - 0.5 * (ys - (cy - ry)) / (2 * ry), 0.6, 1.2)[..., None]  # lit from above
-    c.paint(where, mask, _surface(rng, _material(rng), h, w, c.res) * shade, TREE)
+    c.paint(where, mask, _surface(rng, _material(rng, TREE, c.link), h, w, c.res) * shade, TREE)
 
 
 def _paint_car(c: _Canvas, rng: np.random.Generator, y: float, size: float) -> None:
@@ -356,7 +380,7 @@ def _paint_car(c: _Canvas, rng: np.random.Generator, y: float, size: float) -> N
     for wx in (cx - length * 0.3, cx + length * 0.3):
         wheels |= _ellipse(y - wheel, wx, wheel, wheel, ys, xs)
     h, w = ys.shape[0], xs.shape[1]
-    col = _surface(rng, _material(rng), h, w, c.res)
+    col = _surface(rng, _material(rng, CAR, c.link), h, w, c.res)
     col = col * np.clip(1.2 - 0.6 * (ys - top + height) / (2 * height), 0.6, 1.25)[..., None]  # glossy top
     col = np.where(window[..., None], col * 0.3, col)
     col = np.where(wheels[..., None], np.float32(0.07), col)
@@ -373,10 +397,10 @@ def _paint_ball(c: _Canvas, rng: np.random.Generator, y: float, size: float) -> 
     ys, xs = _grid(where, c.res)
     mask = _ellipse(cy, cx, r, r, ys, xs)
     h, w = ys.shape[0], xs.shape[1]
-    base = _surface(rng, _material(rng), h, w, c.res)
+    base = _surface(rng, _material(rng, BALL, c.link), h, w, c.res)
     if rng.random() < 0.4:
         stripes = np.mod(np.arctan2(ys - cy, xs - cx) * rng.integers(2, 5) / np.pi, 2.0) < 1.0
-        base = np.where(stripes[..., None], _surface(rng, _material(rng), h, w, c.res), base)
+        base = np.where(stripes[..., None], _surface(rng, _material(rng, BALL, c.link), h, w, c.res), base)
     ly, lx = cy - 0.4 * r, cx - 0.35 * r  # light from the upper left
     dist = np.sqrt((ys - ly) ** 2 + (xs - lx) ** 2) / (1.6 * r)
     shade = np.clip(1.25 - 0.85 * dist, 0.3, 1.25)[..., None]
@@ -394,14 +418,17 @@ def _finish(c: _Canvas, rng: np.random.Generator) -> np.ndarray:
     return (np.clip(c.img * gain + noise, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def make_scene(index: int, size: int = 224, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """One labelled scene: (uint8 image (size, size, 3), int64 labels (size, size) in [0, 8)); deterministic."""
+def make_scene(index: int, size: int = 224, seed: int = 0, link: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """One labelled scene: (uint8 image (size, size, 3), int64 labels (size, size) in [0, 8)); deterministic.
+    `link` in [0, 1]: the share of regions painted with their class's own material (`SIGNATURES`)."""
     if size < 16:
         raise HpnbError(f"make_scene needs size >= 16 pixels, found {size}")
     if index < 0 or seed < 0:
         raise HpnbError(f"make_scene needs a non-negative index and seed, found index={index}, seed={seed}")
+    if not 0.0 <= link <= 1.0:
+        raise HpnbError(f"make_scene needs 0 <= link <= 1 (the share of class-own materials), found link={link}")
     rng = np.random.default_rng([int(seed), int(index)])
-    c = _Canvas(size)
+    c = _Canvas(size, float(link))
     horizon = rng.uniform(0.3, 0.6)
     _paint_sky(c, rng, horizon)
     if rng.random() < 0.7:
@@ -458,6 +485,7 @@ class ToyWorld(Dataset):
         res: int = 224,
         seed: int = 0,
         transform: Callable | None = None,
+        link: float = 0.0,
     ):
         if split not in SPLITS:
             raise HpnbError(f"ToyWorld split must be one of {sorted(SPLITS)}, found {split!r}")
@@ -467,6 +495,9 @@ class ToyWorld(Dataset):
             raise HpnbError(f"ToyWorld needs 1 <= n <= {SPLIT_SIZE} scenes, found n={n}; leave n=None for {default_n}")
         if res < 16:
             raise HpnbError(f"ToyWorld needs res >= 16 pixels, found res={res}")
+        if not 0.0 <= link <= 1.0:
+            raise HpnbError(f"ToyWorld needs 0 <= link <= 1 (the share of class-own materials), found link={link}")
+        self.link = float(link)
         self.split, self.n, self.res, self.seed, self.transform = split, n, int(res), int(seed), transform
         self.offset = offset
         self.classes = list(CLASSES)
@@ -479,13 +510,13 @@ class ToyWorld(Dataset):
     @property
     def cache_extra(self) -> str:
         """What else identifies this dataset's cached features: the generator version and seed."""
-        return f"toyworld v{VERSION} seed={self.seed}"
+        return f"toyworld v{VERSION} seed={self.seed}" + (f" link={self.link}" if self.link else "")
 
     def raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Scene i before normalisation: (uint8 image (res, res, 3), int64 labels (res, res))."""
         if not -self.n <= i < self.n:
             raise IndexError(f"ToyWorld {self.split} has {self.n} scenes, asked for index {i}")
-        return make_scene(self.offset + (i % self.n), self.res, self.seed)
+        return make_scene(self.offset + (i % self.n), self.res, self.seed, self.link)
 
     def __getitem__(self, i: int) -> dict:
         image, label = self.raw(i)
