@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from hpnb.features import FeatureSet
 from hpnb.metrics import IGNORE, SegmentationMetric, remap
 from hpnb.runs import load_run  # the run folder's reader (also reachable as hpnb.evaluate.load_run)
+from hpnb.utils import HpnbError
 
 
 @dataclass
@@ -245,16 +246,29 @@ def _source_tag(train) -> str | None:
     return train.path.stem if train.path is not None else None
 
 
-def protocol_predictors(model, train, n_classes: int, cfg, steps: int, progress: bool = False) -> dict:
+def protocol_predictors(
+    model,
+    train,
+    n_classes: int,
+    cfg,
+    steps: int,
+    progress: bool = False,
+    protocols: tuple[str, ...] = ("online", "converged"),
+    raw_features: bool = True,
+) -> dict:
     """{protocol: {method: Predictor}} for the two protocols, HP's codes against the raw backbone features.
 
     (i) online: HP's own online probes (from its checkpoint, trained `steps` steps) against the same probes trained
     alone for `steps` steps on the raw features; (ii) converged: k-means and a converged linear probe on frozen HP
     codes against the same on the raw features (`hpnb.probes`). `train`: a FeatureSet, or `StreamedFeatures` for a
     split too large for memory (the converged probes then fit one shared uniform sample of its patches). Every probe
-    is fitted on the model's device, and every predictor computes there."""
+    is fitted on the model's device, and every predictor computes there. `protocols` and `raw_features=False` leave
+    out what a comparison does not need (e.g. notebook 06's run of (a) against (g) under (ii) only)."""
     import copy
     import functools
+
+    if not protocols or set(protocols) - set(PROTOCOLS):
+        raise HpnbError(f"protocols must be a non-empty subset of {tuple(PROTOCOLS)}, found {tuple(protocols)}")
 
     from hpnb.probes import (
         WHOLE_PATCHES,
@@ -300,20 +314,24 @@ def protocol_predictors(model, train, n_classes: int, cfg, steps: int, progress:
     def on_device(fitted: tuple) -> tuple:  # a baseline read back from disk is on the CPU
         return fitted[0].to(device), fitted[1].to(device)
 
-    online = on_device(_memo(online_key, raw_online) if tag else raw_online())
-    converged = on_device(_memo(converged_key, raw_converged) if tag else raw_converged())
-    return {
-        "online": {"HP": model_predictor(model), "raw features": Predictor(raw, *online, name="raw features")},
-        "converged": {
-            "HP": Predictor(
-                hp_codes,
-                fit_linear_converged(train, n_classes, fit_codes, device=device, sample=sample()),
-                fit_kmeans(train, n_classes, fit_codes, seed=cfg.seed, device=device, sample=sample()),
-                name="HP",
-            ),
-            "raw features": Predictor(raw, *converged, name="raw features"),
-        },
-    }
+    def hp_converged():
+        return Predictor(
+            hp_codes,
+            fit_linear_converged(train, n_classes, fit_codes, device=device, sample=sample()),
+            fit_kmeans(train, n_classes, fit_codes, seed=cfg.seed, device=device, sample=sample()),
+            name="HP",
+        )
+
+    if not raw_features:  # HP's rows only: the baselines are neither fitted nor read
+        return {p: {"HP": model_predictor(model) if p == "online" else hp_converged()} for p in protocols}
+    out = {}
+    if "online" in protocols:
+        online = on_device(_memo(online_key, raw_online) if tag else raw_online())
+        out["online"] = {"HP": model_predictor(model), "raw features": Predictor(raw, *online, name="raw features")}
+    if "converged" in protocols:
+        converged = on_device(_memo(converged_key, raw_converged) if tag else raw_converged())
+        out["converged"] = {"HP": hp_converged(), "raw features": Predictor(raw, *converged, name="raw features")}
+    return out
 
 
 @dataclass
@@ -336,12 +354,15 @@ def evaluate_on_split(
     progress: bool = True,
     workers: int | None = None,
     device: str | torch.device | None = None,
+    protocols: tuple[str, ...] = ("online", "converged"),
+    raw_features: bool = True,
 ) -> RunEvaluation:
     """Evaluate a run's selected checkpoint on a split (default: the preset's test split) under both protocols,
     HP's codes beside the raw backbone features (`PROTOCOLS`); write eval_<split>.json and cluster_mapping.json.
 
     The raw features' online probes train for the steps of the HP checkpoint they are compared with
-    (`hpnb.runs.selected_step`). `baseline=False` scores HP's online probes only. The CRF (optional) refines the
+    (`hpnb.runs.selected_step`). `baseline=False` scores HP's online probes only; `protocols` and
+    `raw_features=False` keep only those protocols and HP's rows (`protocol_predictors`). The CRF (optional) refines the
     protocol (i) rows, as in the paper. Everything runs on `device` (default: `run_device`, the GPU when there is
     one); the split's features are cached on the CPU, the baseline's training features streamed when the split is
     large (`baseline_features`). Figures and the Markdown report: `hpnb.report.evaluate_run`."""
@@ -366,7 +387,9 @@ def evaluate_on_split(
     steps = selected_step(run, which)
     if baseline:
         train = baseline_features(backbone, dataset_for(cfg, cfg.train_split, cfg.val_res, cfg.n_train), cfg, progress)
-        predictors = protocol_predictors(model, train, n_classes, cfg, steps, progress=progress)
+        predictors = protocol_predictors(
+            model, train, n_classes, cfg, steps, progress=progress, protocols=protocols, raw_features=raw_features
+        )
     else:
         predictors = {"online": {"HP": model_predictor(model)}}
     results = {
@@ -399,7 +422,8 @@ def evaluate_on_split(
         },
     }
     (run / f"eval_{split}.json").write_text(json.dumps(summary, indent=2))
-    (run / "cluster_mapping.json").write_text(json.dumps(results["online"]["HP"].mappings["cluster"].tolist()))
+    if "online" in results:  # the online cluster probe's Hungarian map, which `hpnb.predict` applies
+        (run / "cluster_mapping.json").write_text(json.dumps(results["online"]["HP"].mappings["cluster"].tolist()))
     return RunEvaluation(summary=summary, results=results, features=fs, cfg=cfg)
 
 

@@ -325,6 +325,7 @@ def table4_deltas(
 # holds all three seeds of the same configs), timed by benchmarks/student_run.py.
 STUDENT_PRESET, STUDENT_SEED = "camvid-cpu", 0
 STUDENT_ROWS = {"(a) full HP": {}, "(g) plain Eq. 1": {"objective": "self"}}
+STUDENT_EVAL = dict(protocols=("converged",), raw_features=False)  # (ii) on HP's rows: what (a) > (g) needs
 
 
 def student_configs(preset: str = STUDENT_PRESET, seed: int = STUDENT_SEED, **overrides) -> dict:
@@ -337,18 +338,28 @@ def student_configs(preset: str = STUDENT_PRESET, seed: int = STUDENT_SEED, **ov
 
 
 def head_to_head(
-    configs: dict, root: str | Path, split: str | None = None, backbone=None, progress: bool = True
+    configs: dict,
+    root: str | Path,
+    split: str | None = None,
+    backbone=None,
+    progress: bool = True,
+    protocols: tuple[str, ...] = ("online", "converged"),
+    raw_features: bool = True,
 ) -> dict[str, dict]:
     """Train (or load) each config of {row: HPConfig} into root/<row as a folder name> and evaluate its checkpoint
-    selected on val on `split` (default: the config's test split) under both protocols, without the CRF: {row:
-    evaluation summary}. `comparison_table({row: [summary]})` sets the rows side by side."""
+    selected on val on `split` (default: the config's test split), without the CRF: {row: evaluation summary}.
+    `protocols` and `raw_features=False` skip what the comparison does not need (`evaluate_on_split`); with both
+    protocols and the raw features, `comparison_table({row: [summary]})` sets the rows side by side, and `paired`
+    compares HP's rows in any case."""
     from hpnb.train import train_or_load
 
     out = {}
     for row, cfg in configs.items():
         folder = Path(root) / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in row).strip("_")
         run = train_or_load(cfg, folder, backbone=backbone, progress=progress)
-        out[row] = evaluate_on_split(run.out, split, crf=False, progress=progress).summary
+        out[row] = evaluate_on_split(
+            run.out, split, crf=False, progress=progress, protocols=protocols, raw_features=raw_features
+        ).summary
     return out
 
 

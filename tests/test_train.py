@@ -334,3 +334,30 @@ def test_the_raw_features_probes_get_the_steps_of_the_selected_checkpoint(tiny_r
     last = evaluate_on_split(run, split="val", crf=False, which="last", progress=False).summary
     assert budgets == [3, 6] and best["checkpoint_step"] == 3 and last["checkpoint_step"] == 6
     assert best["protocols"]["online"]["probe_steps"] == 3
+
+
+def test_evaluate_on_split_can_keep_one_protocol_and_hp_rows_only(tiny_run, tmp_path, monkeypatch):
+    """Notebook 06's run of (a) against (g) needs protocol (ii) on HP's rows only: the baselines are then neither
+    fitted nor read, the full evaluation's HP numbers are unchanged, and a wrong protocol name is refused."""
+    import shutil
+
+    from hpnb import probes
+    from hpnb.evaluate import evaluate_on_split
+    from hpnb.utils import HpnbError
+
+    result, backbone = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(result.out, run)
+    monkeypatch.setattr("hpnb.backbones.load_backbone", lambda *a, **k: backbone)
+    full = evaluate_on_split(run, split="val", crf=False, progress=False).summary
+    (run / "cluster_mapping.json").unlink()
+    monkeypatch.setattr(probes, "fit_online_probes", lambda *a, **k: pytest.fail("a baseline was fitted"))
+    monkeypatch.setattr("hpnb.evaluate._memo", lambda *a, **k: pytest.fail("a baseline was read"))
+    kept = evaluate_on_split(
+        run, split="val", crf=False, progress=False, protocols=("converged",), raw_features=False
+    ).summary
+    assert list(kept["protocols"]) == ["converged"] and list(kept["protocols"]["converged"]["results"]) == ["HP"]
+    assert kept["protocols"]["converged"]["results"]["HP"] == full["protocols"]["converged"]["results"]["HP"]
+    assert not (run / "cluster_mapping.json").exists()  # the online probe's map is written only when it is scored
+    with pytest.raises(HpnbError, match="protocols must be"):
+        evaluate_on_split(run, split="val", crf=False, progress=False, protocols=("paper",))
