@@ -441,19 +441,35 @@ def legend_figure(names: list[str], colours: np.ndarray, title: str = "clusters"
     return fig
 
 
+def _legend_layout(label_maps, n_rows: int) -> tuple[list[int], int, float, float]:
+    """The clusters shown in `label_maps`, the legend's columns, its height and the figure's height (inches)."""
+    shown = sorted({int(k) for lab in label_maps for k in np.unique(lab) if k >= 0})
+    legend_cols = min(4, max(1, len(shown)))
+    legend_h = 0.3 + 0.22 * math.ceil(len(shown) / legend_cols)
+    return shown, legend_cols, legend_h, 2.4 * n_rows + legend_h
+
+
+def _finish_with_legend(fig, axes, shown, legend_cols, legend_h, height, names, colours) -> None:
+    """Axes off, one legend of the clusters shown under the panels, and the layout above it."""
+    from matplotlib.patches import Patch
+
+    for ax in axes.flat:
+        ax.set_axis_off()
+    handles = [Patch(color=colours[k] / 255, label=f"{k}: {names[k]}") for k in shown]
+    fig.legend(handles=handles, loc="lower center", ncol=legend_cols, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, legend_h / height, 1, 1))
+
+
 def compare_overlays(
     images: list[np.ndarray], columns: dict[str, list[np.ndarray]], names: list[str], colours, alpha=0.5
 ):
     """One row per photo: the photo, then one overlay per labelling in `columns` ({title: label maps}), with one
     legend; the labellings share cluster ids (e.g. `hpnb.predict.raw_kmeans_segmenter` matched to a run)."""
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     colours = np.asarray(colours, dtype=np.uint8)
-    shown = sorted({int(k) for labs in columns.values() for lab in labs for k in np.unique(lab) if k >= 0})
-    legend_cols = min(4, max(1, len(shown)))
-    legend_h = 0.3 + 0.22 * math.ceil(len(shown) / legend_cols)
-    height = 2.4 * len(images) + legend_h
+    layout = _legend_layout([lab for labs in columns.values() for lab in labs], len(images))
+    height = layout[3]
     fig, axes = plt.subplots(len(images), 1 + len(columns), figsize=(3 * (1 + len(columns)), height), squeeze=False)
     for r, image in enumerate(images):
         axes[r, 0].imshow(image)
@@ -461,11 +477,7 @@ def compare_overlays(
             axes[r, c].imshow(overlay(image, labs[r], colours, alpha))
     for c, title in enumerate(("photo", *columns)):
         axes[0, c].set_title(title, fontsize=9)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    handles = [Patch(color=colours[k] / 255, label=f"{k}: {names[k]}") for k in shown]
-    fig.legend(handles=handles, loc="lower center", ncol=legend_cols, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, legend_h / height, 1, 1))
+    _finish_with_legend(fig, axes, *layout, names, colours)
     return fig
 
 
@@ -474,14 +486,10 @@ def cluster_overlays(
 ):
     """One row per image: the photo, its cluster map and the photo overlaid, with a legend of the clusters shown."""
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     colours = np.asarray(colours, dtype=np.uint8)
-    shown = sorted({int(k) for lab in labels for k in np.unique(lab) if k >= 0})
-    legend_cols = min(4, max(1, len(shown)))
-    legend_h = 0.3 + 0.22 * math.ceil(len(shown) / legend_cols)
-    height = 2.4 * len(images) + legend_h
-    fig, axes = plt.subplots(len(images), 3, figsize=(9, height), squeeze=False)
+    layout = _legend_layout(labels, len(images))
+    fig, axes = plt.subplots(len(images), 3, figsize=(9, layout[3]), squeeze=False)
     for r, (image, lab) in enumerate(zip(images, labels, strict=True)):
         axes[r, 0].imshow(image)
         axes[r, 1].imshow(colorize(lab, colours), interpolation="nearest")
@@ -490,11 +498,7 @@ def cluster_overlays(
             axes[r, 0].set_title(titles[r], fontsize=8)
     for c, title in enumerate(("photo", "clusters", f"overlay (α = {alpha})")):
         axes[0, c].set_title(title if titles is None or c else f"photo: {titles[0]}", fontsize=9)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    handles = [Patch(color=colours[k] / 255, label=f"{k}: {names[k]}") for k in shown]
-    fig.legend(handles=handles, loc="lower center", ncol=legend_cols, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, legend_h / height, 1, 1))
+    _finish_with_legend(fig, axes, *layout, names, colours)
     return fig
 
 
