@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -89,10 +90,29 @@ def repo_root() -> Path:
 def atomic_save(obj, path: Path) -> Path:
     """torch.save through a .part file of this process, then a rename: an interrupted run never leaves half a file,
     and two processes that write the same file at once (two runs sharing a cache) cannot interleave."""
+    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Path.write_text through a .part file and a rename (JSON, logs, reports): a reader sees the old file or the new
+    one, never half of one, and a failed write (disk full) leaves no .part behind."""
+    return _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: Path, obj, indent: int | None = 2) -> Path:
+    """json.dumps `obj` and write it atomically (see atomic_write_text)."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def _atomic(path: Path, write) -> Path:
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
