@@ -171,7 +171,9 @@ def main() -> None:
     hpnb.probes.CONVERGED_ITERS = args.lbfgs
     hpnb.probes.MIN_PER_IMAGE = args.per_image
     real_kmeans = hpnb.probes.kmeans
-    hpnb.probes.kmeans = lambda x, k, iters=50, seed=0: real_kmeans(x, k, iters=min(iters, args.kmeans), seed=seed)
+    hpnb.probes.kmeans = lambda x, k, iters=50, seed=0, **kw: real_kmeans(
+        x, k, iters=min(iters, args.kmeans), seed=seed, **kw
+    )
     hpnb.evaluate.evaluate = measured("evaluate (one predictor, no CRF)", evaluate_head)
     hpnb.evaluate.extract_features_for = measured(
         "val features extracted and cached", hpnb.evaluate.extract_features_for

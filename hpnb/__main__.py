@@ -92,10 +92,33 @@ def cmd_demo(args) -> int:
 
 def cmd_train(args) -> int:
     from hpnb.config import get_config, parse_overrides
+    from hpnb.runs import check_run_folder, checkpoint_step, no_best_reason, run_size
     from hpnb.train import train
 
     cfg = get_config(args.preset, **parse_overrides(args.overrides))
-    result = train(cfg, out=args.out, resume=args.resume)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    check_run_folder(out, cfg, resume=args.resume)  # before anything is loaded, printed or written
+    n_train, per_epoch, total = run_size(cfg)
+    capped = f" (max_iters={cfg.max_iters} caps {cfg.epochs * per_epoch})" if total < cfg.epochs * per_epoch else ""
+    print(
+        f"train {cfg.name} -> {out}: {total} steps{capped}: {cfg.epochs} epochs × {per_epoch} iterations of "
+        f"{cfg.batch_size} images from {n_train} training images; validation every {cfg.val_every} steps, a "
+        f"checkpoint every {cfg.checkpoint_every}"
+    )
+    if args.resume:
+        start = checkpoint_step(out)
+        print(
+            f"resuming at step {start} of {total}"
+            if start is not None
+            else f"--resume: no checkpoint.pt in {out} yet, so training starts at step 0"
+        )
+    result = train(cfg, out=out, resume=args.resume, estimate=True)  # the time, once its first steps are measured
+    if result.best.get("step") is None:  # every validation score was NaN: no checkpoint selected on val
+        raise HpnbError(
+            f"trained {result.steps} steps -> {out}, but no checkpoint was selected on val: {no_best_reason(out)}. "
+            f"The last weights are in {out / 'checkpoint.pt'} (python -m hpnb evaluate {out} --checkpoint last); "
+            "a NaN score comes from NaN codes: lower lr or tau and train again into a new folder."
+        )
     if "held_out_loss" in result.best:  # no labels: the checkpoint with the lowest HP loss on the held-out images
         print(
             f"trained {result.steps} steps -> {result.out}; selected step {result.best['step']} by the held-out HP "
@@ -108,11 +131,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from hpnb.predict import _labelled
     from hpnb.report import evaluate_run, folder_report
+    from hpnb.runs import labelled
 
     run = Path(args.run)
-    if (run / "config.json").is_file() and (run / "checkpoint.pt").is_file() and not _labelled(run):
+    if (run / "config.json").is_file() and (run / "checkpoint.pt").is_file() and not labelled(run):
         summary = folder_report(run, split=args.split, crf=not args.no_crf)
         for c in summary["clusters"]:
             print(f"cluster {c['id']:2d} {c['name']:20s} {100 * c['share']:5.1f} % of the training patches")
@@ -139,25 +162,18 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import numpy as np
-    from PIL import Image
+    from hpnb.predict import predict_file, predict_folder
 
-    from hpnb.predict import predict, predict_folder
-
-    if args.out.endswith(".npy"):  # one image -> its label map as a NumPy array
-        try:
-            image = Image.open(args.image)
-        except OSError as err:
-            raise HpnbError(f"cannot read the image {args.image}: {err}") from err
-        labels = predict(image, args.run, crf=not args.no_crf, head=args.head)
-        np.save(args.out, labels)
+    if args.out.endswith(".npy"):  # one image -> its label map as a NumPy array (an existing file is never replaced)
+        labels = predict_file(args.run, args.image, args.out, crf=not args.no_crf, head=args.head)
         print(f"labels {labels.shape} -> {args.out}; classes present: {sorted(set(labels.ravel().tolist()))}")
         return 0
+    # your files are never written to: the checks run before the model loads; nothing segmented is an error (exit 1)
     result = predict_folder(
         args.run, args.image, args.out, crf=not args.no_crf, head=args.head, progress=not args.quiet
     )
     rate = len(result.written) / result.seconds if result.seconds else 0.0
-    print(f"{result} ({rate:.2f} images/s); legend: {Path(args.out) / 'legend.png'}")
+    print(f"{result} ({rate:.2f} images/s); legend: {result.legend}; each input's outputs: {result.manifest}")
     return 0
 
 
@@ -220,10 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-split", default="val")
     p.add_argument("--out", default=None, help="write the scores as JSON here")
     p.set_defaults(func=cmd_baseline)
-    p = sub.add_parser("train", help="train HP")
+    p = sub.add_parser(
+        "train",
+        help="train HP",
+        description="Train HP into a run folder. It first prints the run's size (steps, epochs, batch, training "
+        "images), and after its first steps the time the rest will take at the measured rate. A run folder belongs to one "
+        "config: training into a folder that holds another config's run is refused before anything is written (the "
+        "error names the differing fields, saved → requested); a folder of the same config is trained again from "
+        "step 0 unless --resume. --resume continues checkpoint.pt under the saved config: every field must match "
+        "except workers, crf and crf_workers (they do not change the weights); epochs and max_iters may not change, "
+        "since the λ ramp depends on the run's length: train a longer run into a new --out.",
+    )
     p.add_argument("--preset", default="toy")
-    p.add_argument("--out", default=None, help="run folder (default runs/<preset>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
+    p.add_argument("--out", default=None, help="run folder (default runs/<preset>); one folder per config")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt (same config)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. tau=0.5 epochs=2")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="evaluate a run")
@@ -237,7 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment an image or a folder: label PNGs, overlays, legend")
     p.add_argument("run")
     p.add_argument("image", help="an image file, or a folder of images (nested folders are kept)")
-    p.add_argument("--out", default="predictions", help="output folder (or FILE.npy: one image's label map)")
+    p.add_argument(
+        "--out",
+        default="predictions",
+        help="output folder of its own, not the input folder; existing files there are never replaced (or FILE.npy: "
+        "one image's label map, a new file)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--head", default="cluster", choices=["cluster", "linear"])
     p.add_argument("--no-crf", action="store_true")

@@ -13,10 +13,14 @@ from hpnb.metrics import Scores, SegmentationMetric
 from hpnb.utils import device_generator
 
 
-def kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0, tol: float = 1e-6) -> torch.Tensor:
+def kmeans(
+    x: torch.Tensor, k: int, iters: int = 50, seed: int = 0, tol: float = 1e-6, record: dict | None = None
+) -> torch.Tensor:
     """Spherical k-means (cosine assignment, renormalised means) with k-means++ seeding; x_nd unit rows -> (k, d).
 
-    Runs where x is; the seeding draws come from a generator on that device, seeded with `seed`."""
+    Runs where x is; the seeding draws come from a generator on that device, seeded with `seed`. It stops when the
+    objective (the summed cosine of each point to its centroid) changes by at most `tol` of itself, or after `iters`
+    iterations. `record`, when given, is filled with how it stopped (`kmeans_record`)."""
     if x.shape[0] < k:
         raise ValueError(f"k-means needs at least k={k} points, found {x.shape[0]}")
     gen = device_generator(x.device, seed)
@@ -27,18 +31,44 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0, tol: float =
         d2 = (2 - 2 * (x @ centroids.T)).clamp_min(0).min(dim=1).values
         nxt = torch.multinomial(d2 + 1e-12, 1, generator=gen)
         centroids = torch.cat([centroids, x[nxt]])
-    prev = None
+    prev, change, shift, done, converged = None, None, None, 0, False
     for _ in range(iters):
+        done += 1
         assign = (x @ centroids.T).argmax(dim=1)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
         empty = torch.bincount(assign, minlength=k) == 0
         sums[empty] = centroids[empty]  # keep an empty cluster's centre where it was
-        centroids = F.normalize(sums, dim=1)
+        moved = F.normalize(sums, dim=1)
+        shift, centroids = (moved - centroids).norm(dim=1).max(), moved  # the largest move of a centroid
         obj = (x * centroids[assign]).sum()
-        if prev is not None and abs(obj - prev) <= tol * abs(prev):
-            break
+        if prev is not None:
+            change = abs(obj - prev) / abs(prev)  # recorded only: the rule below is the one that decides
+            if abs(obj - prev) <= tol * abs(prev):
+                converged = True
+                break
         prev = obj
+    if record is not None:
+        record.update(kmeans_record(done, iters, tol, converged, change, shift))
     return centroids.float()
+
+
+def kmeans_record(
+    iters: int, max_iter: int, tol: float, converged: bool, change: torch.Tensor | None, shift: torch.Tensor | None
+) -> dict:
+    """How a k-means run stopped, JSON-ready: `iterations` used of `max_iter`; `objective_change`, the last relative
+    change of the objective (the summed cosine of each point to its centroid), which the stopping rule compares with
+    `tol`; `centroid_shift`, the largest move of a centroid in the last iteration (unit vectors: 0 at a fixed point);
+    `converged`: stopped by the rule (False: stopped at the cap with the objective still moving). The tensors are
+    read here, once, not in the loop (on a GPU each read waits for the device)."""
+    return {
+        "method": "k-means",
+        "iterations": iters,
+        "max_iter": max_iter,
+        "objective_change": None if change is None else float(change),
+        "tol": tol,
+        "centroid_shift": None if shift is None else float(shift),
+        "converged": converged,
+    }
 
 
 def sample_patches(fs: FeatureSet, max_points: int, seed: int = 0) -> torch.Tensor:

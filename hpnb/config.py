@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from hpnb.utils import HpnbError
+from hpnb.utils import HpnbError, atomic_write_text
 
 
 @dataclass
@@ -90,11 +90,29 @@ class HPConfig:
         return {k: v for k, v in out.items() if not (k in ADDED and v == ADDED[k])}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        """Write config.json whole or not at all (`hpnb.utils.atomic_write_text`)."""
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> "HPConfig":
-        return cls(**json.loads(Path(path).read_text()))
+        """Read a saved config; a damaged file, or keys this hpnb does not know, are an HpnbError that says so."""
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise HpnbError(
+                f"{path} is damaged (not valid JSON: {err}). Train the run again into a new folder, or restore the file "
+                "from the preset and overrides it was trained with: hpnb.config.get_config(PRESET, ...).save(PATH)."
+            ) from err
+        if not isinstance(values, dict):
+            raise HpnbError(f"{path} should hold a JSON object of config fields, found {type(values).__name__}")
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise HpnbError(
+                f"{path} has config keys this hpnb does not know: {unknown} (written by a newer hpnb?). Update hpnb "
+                "(git pull, then pip install -e .), or train the run again with this one into a new folder."
+            )
+        return cls(**values)
 
 
 FIELDS = {f.name: f for f in fields(HPConfig)}

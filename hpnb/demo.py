@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hpnb.config import get_config
 from hpnb.report import evaluate_run
-from hpnb.train import train
+from hpnb.train import folder_for, train
 from hpnb.utils import setup
 from hpnb.viz import use_headless_backend
 
@@ -21,8 +21,8 @@ def run_demo(out: str | Path = "runs/demo", progress: bool = True, **overrides) 
     """Train (toy preset), evaluate on the toy test split, write report.md; returns the evaluation summary."""
     use_headless_backend()
     setup(seed=0)
-    out = Path(out)
     cfg = get_config("toy", **{"feature_precision": DEMO_PRECISION, **overrides})
+    out = folder_for(cfg, out)  # a demo folder left by another config (an older hpnb, other overrides) is kept
     t0 = time.perf_counter()
     result = train(cfg, out=out, progress=progress)
     t_train = time.perf_counter() - t0
@@ -32,8 +32,10 @@ def run_demo(out: str | Path = "runs/demo", progress: bool = True, **overrides) 
     summary["seconds"] = {"features + training": round(t_train, 1), "evaluation (+ baseline, CRF)": round(t_eval, 1)}
     summary["best_val"] = result.best
     summary["steps"] = result.steps
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "report.md").write_text(_report(cfg, summary, out))
+    from hpnb.utils import atomic_write_text  # a run folder's files are written whole or not at all
+
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "report.md", _report(cfg, summary, out))
     print(f"report: {out / 'report.md'}")
     return summary
 

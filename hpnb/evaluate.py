@@ -30,6 +30,7 @@ class Predictor:
     linear: nn.Module
     centroids: torch.Tensor
     name: str = "model"
+    convergence: dict = field(default_factory=dict)  # converged probes: {"linear": ..., "kmeans": ...} fit records
 
     @property
     def device(self) -> torch.device:
@@ -53,11 +54,15 @@ def fit_linear_probe(
 ) -> nn.Conv2d:
     """A 1×1 linear probe on frozen features (the baseline's 'linear' column): Adam, CE against the train labels.
 
-    Give it the same budget (steps, batch, lr) as the HP run's online probe for a like-for-like comparison."""
+    Give it the same budget (steps, batch, lr) as the HP run's online probe for a like-for-like comparison. The init
+    and the batch order come from generators of this call, seeded with `seed` (the global RNG is left as it was). A
+    batch without a labelled pixel counts as a step but makes none (its cross-entropy would be 0/0: NaN, which would
+    poison Adam for good): the weights and Adam moments stay as they were."""
+    from hpnb.probes import linear_probe_init
+
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     device = device or torch.device("cpu")
-    probe = nn.Conv2d(fs.feats.shape[1], n_classes, 1).to(device)
+    probe = linear_probe_init(fs.feats.shape[1], n_classes, torch.Generator().manual_seed(seed)).to(device)
     opt = torch.optim.Adam(probe.parameters(), lr=lr)
     done = 0
     while done < steps:
@@ -69,6 +74,8 @@ def fit_linear_probe(
             labels = fs.labels[idx].long().to(device)
             logits = F.interpolate(probe(feats), size=labels.shape[-2:], mode="bilinear", align_corners=False)
             labels = torch.where((labels >= 0) & (labels < n_classes), labels, torch.full_like(labels, IGNORE))
+            if not (labels != IGNORE).any():
+                continue  # no labelled pixel: no step
             loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
             opt.zero_grad()
             loss.backward()
@@ -220,21 +227,54 @@ METHODS = ("HP", "raw features")
 
 
 def _memo(key: str, make):
-    """(linear probe, centroids) of a baseline fitted on raw features, cached on disk: the raw rows are the same for
-    every run of a sweep that shares the data, the seed and the probe budget. Saved from the CPU, read back there
-    (`protocol_predictors` moves them to the model's device)."""
+    """(linear probe, centroids, fit records) of a baseline fitted on raw features, cached on disk: the raw rows are
+    the same for every run of a sweep that shares the data and every setting of the fit (`_memo_key`). Saved from
+    the CPU, read back there (`protocol_predictors` moves them to the model's device)."""
+    from hpnb.probes import warn_unconverged
     from hpnb.utils import atomic_save, cache_dir
 
     path = cache_dir("baselines") / f"{key}.pt"
     if path.is_file():
         state = torch.load(path, map_location="cpu", weights_only=True)
-        centroids = state.pop("centroids")
-        probe = nn.Conv2d(state["weight"].shape[1], state["weight"].shape[0], 1)
+        centroids, records = state.pop("centroids"), state.pop("convergence", {})
+        for record in records.values():  # what the fit said, said again: the same output fitted or loaded
+            warn_unconverged(record, raw=True)
+        probe = nn.utils.skip_init(nn.Conv2d, state["weight"].shape[1], state["weight"].shape[0], 1)  # no draw
         probe.load_state_dict(state)
-        return probe.eval(), centroids
-    probe, centroids = make()
-    atomic_save({**{k: v.cpu() for k, v in probe.state_dict().items()}, "centroids": centroids.cpu()}, path)
-    return probe, centroids
+        return probe.eval(), centroids, records
+    probe, centroids, records = make()
+    state = {k: v.cpu() for k, v in probe.state_dict().items()}
+    atomic_save({**state, "centroids": centroids.cpu(), "convergence": records}, path)
+    return probe, centroids, records
+
+
+def baseline_settings(n_classes: int, cfg, steps: int, device: torch.device, sampled: bool) -> dict:
+    """{protocol: every setting that changes the raw features' fit} (with the split, the memo's key: `_memo_key`):
+    `hpnb.probes.PROBE_VERSION` for what the code fixes (optimisers, losses, init), then the budget, the seed, the
+    device type (float64 fits on the CPU, float32 elsewhere) and, for protocol (ii), the probes' caps, tolerances
+    and sample sizes, read from `hpnb.probes` when called (as the fits read them)."""
+    import hpnb.probes as probes
+
+    common = {"version": probes.PROBE_VERSION, "classes": n_classes, "seed": cfg.seed, "device": device.type}
+    online = {"steps": steps, "batch": cfg.batch_size, "linear_lr": cfg.linear_lr, "cluster_lr": cfg.cluster_lr}
+    sample = {"whole_patches": probes.WHOLE_PATCHES, "min_per_image": probes.MIN_PER_IMAGE} if sampled else None
+    converged = {
+        "sample": sample,
+        "linear": {"max_iter": probes.CONVERGED_ITERS, "weight_decay": probes.WEIGHT_DECAY, **probes.LBFGS},
+        "kmeans": {"points": probes.KMEANS_PATCHES, "max_iter": probes.KMEANS_ITERS, "tol": probes.KMEANS_TOL},
+    }
+    return {"online": {**common, **online}, "converged": {**common, **converged}}
+
+
+def _memo_key(tag: str, protocol: str, settings: dict) -> str:
+    """The file name of a memoised baseline: the split and seed (`tag`), the protocol, the probe code version and a
+    digest of every setting of the fit (`baseline_settings`), then the device type off the CPU."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    on = "" if settings["device"] == "cpu" else f"_{settings['device']}"
+    return f"{tag}_{protocol}_v{settings['version']}_{digest}{on}"
 
 
 def _source_tag(train) -> str | None:
@@ -270,14 +310,7 @@ def protocol_predictors(
     if not protocols or set(protocols) - set(PROTOCOLS):
         raise HpnbError(f"protocols must be a non-empty subset of {tuple(PROTOCOLS)}, found {tuple(protocols)}")
 
-    from hpnb.probes import (
-        WHOLE_PATCHES,
-        fit_kmeans,
-        fit_linear_converged,
-        fit_online_probes,
-        needs_sample,
-        patch_sample,
-    )
+    from hpnb.probes import fit_kmeans, fit_linear_converged, fit_online_probes, needs_sample, patch_sample
 
     model.eval()
     device = next(model.parameters()).device
@@ -296,41 +329,54 @@ def protocol_predictors(
 
     name = _source_tag(train)
     tag = f"{name}_seed{cfg.seed}" if name is not None else None
-    on = "" if cpu else f"_{device.type}"  # fitted in float32 on an accelerator: not the CPU's float64 fits
-    online_key = f"{tag}_online_{steps}x{cfg.batch_size}_lr{cfg.linear_lr}_{cfg.cluster_lr}{on}"
-    converged_key = f"{tag}_converged{f'_sample{WHOLE_PATCHES}' if sampled else ''}{on}"
+    settings = baseline_settings(n_classes, cfg, steps, device, sampled)
+    fit = settings["converged"]  # the converged fits take their settings from the dict that keys them
 
     def raw_online():
-        return fit_online_probes(
+        linear, centroids = fit_online_probes(
             train, n_classes, steps, cfg.batch_size, cfg.linear_lr, cfg.cluster_lr, cfg.seed, device=device
         )
+        return linear, centroids, {}
 
-    def raw_converged():
-        return (
-            fit_linear_converged(train, n_classes, device=device, sample=sample()),
-            fit_kmeans(train, n_classes, seed=cfg.seed, device=device, sample=sample()),
+    def converged(codes) -> tuple:  # (linear probe, centroids, {"linear": record, "kmeans": record})
+        records = {"linear": {}, "kmeans": {}}
+        linear = fit_linear_converged(
+            train,
+            n_classes,
+            codes,
+            max_iter=fit["linear"]["max_iter"],
+            weight_decay=fit["linear"]["weight_decay"],
+            device=device,
+            sample=sample(),
+            record=records["linear"],
         )
+        points = fit["kmeans"]["points"]
+        centroids = fit_kmeans(
+            train, n_classes, codes, cfg.seed, points, device=device, sample=sample(), record=records["kmeans"]
+        )
+        return linear, centroids, records
 
     def on_device(fitted: tuple) -> tuple:  # a baseline read back from disk is on the CPU
-        return fitted[0].to(device), fitted[1].to(device)
+        return fitted[0].to(device), fitted[1].to(device), fitted[2]
 
     def hp_converged():
-        return Predictor(
-            hp_codes,
-            fit_linear_converged(train, n_classes, fit_codes, device=device, sample=sample()),
-            fit_kmeans(train, n_classes, fit_codes, seed=cfg.seed, device=device, sample=sample()),
-            name="HP",
+        linear, centroids, records = converged(fit_codes)
+        return Predictor(hp_codes, linear, centroids, name="HP", convergence=records)
+
+    def baseline(protocol: str, make) -> Predictor:
+        linear, centroids, records = on_device(
+            _memo(_memo_key(tag, protocol, settings[protocol]), make) if tag else make()
         )
+        return Predictor(raw, linear, centroids, name="raw features", convergence=records)
 
     if not raw_features:  # HP's rows only: the baselines are neither fitted nor read
         return {p: {"HP": model_predictor(model) if p == "online" else hp_converged()} for p in protocols}
     out = {}
     if "online" in protocols:
-        online = on_device(_memo(online_key, raw_online) if tag else raw_online())
-        out["online"] = {"HP": model_predictor(model), "raw features": Predictor(raw, *online, name="raw features")}
+        out["online"] = {"HP": model_predictor(model), "raw features": baseline("online", raw_online)}
     if "converged" in protocols:
-        converged = on_device(_memo(converged_key, raw_converged) if tag else raw_converged())
-        out["converged"] = {"HP": hp_converged(), "raw features": Predictor(raw, *converged, name="raw features")}
+        raw_row = baseline("converged", lambda: converged(None))
+        out["converged"] = {"HP": hp_converged(), "raw features": raw_row}
     return out
 
 
@@ -417,13 +463,22 @@ def evaluate_on_split(
                     m: {**{h: s.as_dict() for h, s in r.scores.items()}, "empty_clusters": r.empty_clusters}
                     for m, r in by_method.items()
                 },
+                # protocol (ii): how each converged fit stopped, per method (hpnb.probes.lbfgs_record, kmeans_record)
+                **(
+                    {"convergence": {m: p.convergence for m, p in predictors[protocol].items()}}
+                    if protocol == "converged"
+                    else {}
+                ),
             }
             for protocol, by_method in results.items()
         },
     }
-    (run / f"eval_{split}.json").write_text(json.dumps(summary, indent=2))
+    from hpnb.utils import atomic_write_text  # a run folder's files are written whole or not at all
+
+    atomic_write_text(run / f"eval_{split}.json", json.dumps(summary, indent=2))
     if "online" in results:  # the online cluster probe's Hungarian map, which `hpnb.predict` applies
-        (run / "cluster_mapping.json").write_text(json.dumps(results["online"]["HP"].mappings["cluster"].tolist()))
+        mapping = results["online"]["HP"].mappings["cluster"].tolist()
+        atomic_write_text(run / "cluster_mapping.json", json.dumps(mapping))
     return RunEvaluation(summary=summary, results=results, features=fs, cfg=cfg)
 
 
@@ -488,19 +543,16 @@ def image_labels(image: np.ndarray, cfg, model, backbone, crf: bool = False, hea
     multiples of the patch size; the logits (2·cosine to the centroids, or the linear probe) are upsampled back to the
     original size and, with `crf`, refined by the dense CRF on the original image. `mapping` (cluster -> class, the
     evaluation's Hungarian map) is applied to cluster ids when given."""
-    from PIL import Image
-
     from hpnb.crf import dense_crf
     from hpnb.data import normalize
+    from hpnb.data.transforms import resampling, resize_image
 
     h, w = image.shape[:2]
     p = backbone.patch_size
     scale = cfg.val_res / min(h, w)
     nh, nw = max(p, round(h * scale / p) * p), max(p, round(w * scale / p) * p)
-    x = (
-        torch.from_numpy(np.array(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))).permute(2, 0, 1).float()
-        / 255
-    )
+    resized = resize_image(image, (nw, nh), resampling(cfg.dataset))  # the resampling the run was trained with
+    x = torch.from_numpy(np.array(resized)).permute(2, 0, 1).float() / 255
     backbone_device, device = next(backbone.parameters()).device, next(model.parameters()).device
     with torch.no_grad():  # the backbone and the heads each on their own device; the label map back on the CPU
         feats = backbone(normalize(x)[None].to(backbone_device), attention=False).feats
@@ -527,16 +579,15 @@ def predict(image, run_or_checkpoint, crf: bool = True, head: str = "cluster", w
     import json
     from pathlib import Path
 
-    from PIL import Image
-
     from hpnb.backbones import load_backbone
     from hpnb.crf import resolve_crf
+    from hpnb.data.base import read_photo
 
     loaded = isinstance(run_or_checkpoint, tuple)
     cfg, model = run_or_checkpoint if loaded else load_run(run_or_checkpoint, which)
     device = next(model.parameters()).device if loaded else run_device(cfg)
     model.to(device)
-    image = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
+    image = read_photo(image)  # uint8 RGB as a viewer shows it: EXIF, 16-bit and float [0, 1] images included
     backbone = load_backbone(cfg.backbone, weights=cfg.backbone_weights, device=device)
     mapping_file = None if loaded else Path(run_or_checkpoint) / "cluster_mapping.json"
     mapping = json.loads(mapping_file.read_text()) if mapping_file is not None and mapping_file.is_file() else None

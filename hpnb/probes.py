@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -38,9 +39,20 @@ from hpnb.utils import autocast, on_accelerator
 
 Codes = Callable[[torch.Tensor], torch.Tensor]  # backbone features (B, C, h, w) -> codes (B, K, h, w)
 
+PROBE_VERSION = 2  # bump when a change here or in hpnb.baseline.kmeans changes a fit: baselines are memoised under it
 WHOLE_PATCHES = 500_000  # converged probes: every patch up to this many, a uniform sample of this many above
 KMEANS_PATCHES = 100_000  # k-means: a uniform sample of this many patches (k-means++ seeding, to convergence)
+KMEANS_ITERS = 500  # k-means iterations at most (it stops earlier when its objective moves by KMEANS_TOL or less)
+KMEANS_TOL = 1e-6  # k-means stops when its objective changes by at most this share of itself
 CONVERGED_ITERS = 500  # L-BFGS iterations of the converged linear probe (it stops earlier at its tolerances)
+WEIGHT_DECAY = 1e-4  # the converged linear probe's L2 penalty (the optimum then exists)
+LBFGS = {  # the converged linear probe's L-BFGS, besides max_iter (max_eval: torch's default, 1.25 × max_iter)
+    "lr": 1,
+    "tolerance_grad": 1e-7,
+    "tolerance_change": 1e-10,
+    "history_size": 20,
+    "line_search_fn": "strong_wolfe",
+}
 MIN_PER_IMAGE = 16  # a streamed sample takes at least this many patches of each image it reads
 
 
@@ -141,6 +153,29 @@ def code_set(fs: FeatureSet, codes: Codes | None = None, batch: int = 16, device
     return FeatureSet(feats=out, labels=fs.labels, images=fs.images, names=fs.names, meta=dict(fs.meta))
 
 
+def linear_probe_init(dim: int, n_classes: int, gen: torch.Generator) -> nn.Conv2d:
+    """nn.Conv2d(dim, n_classes, 1) at PyTorch's default init, drawn from `gen` (CPU) instead of the global RNG: the
+    same values as `nn.Conv2d` after `torch.manual_seed(s)` when gen is seeded with s, and the global RNG untouched."""
+    with torch.device("meta"):  # built without drawing, then filled from gen as Conv2d.reset_parameters fills it
+        linear = nn.Conv2d(dim, n_classes, 1)
+    linear = linear.to_empty(device="cpu")
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=gen)
+        bound = 1 / math.sqrt(dim)  # 1 / sqrt(fan_in) of a 1×1 kernel
+        nn.init.uniform_(linear.bias, -bound, bound, generator=gen)
+    return linear
+
+
+def cluster_probe_init(dim: int, n_classes: int, gen: torch.Generator) -> ClusterProbe:
+    """ClusterProbe(dim, n_classes) with its N(0, 1) centroids drawn from `gen` (CPU), the global RNG untouched."""
+    with torch.device("meta"):
+        cluster = ClusterProbe(dim, n_classes)
+    cluster = cluster.to_empty(device="cpu")
+    with torch.no_grad():
+        cluster.centroids.copy_(torch.randn(n_classes, dim, generator=gen))
+    return cluster
+
+
 def _targets(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     labels = labels.long()
     return torch.where((labels >= 0) & (labels < n_classes), labels, torch.full_like(labels, IGNORE))
@@ -173,14 +208,20 @@ def fit_online_probes(
     """Protocol (i) without HP: the official online probes trained alone for `steps` batches on frozen features
     (or frozen codes). Same probes, losses, optimisers, learning rates and batch size as during HP training; the
     batches follow the trainer's epoch order and are read one at a time. Trained on `device` (default: where the
-    features are); returns (linear probe, cluster centroids) there."""
+    features are); returns (linear probe, cluster centroids) there.
+
+    The initial values are HPModel's after `torch.manual_seed(seed)`, drawn from a generator of this call (the global
+    RNG is left as it was). A batch without a labelled pixel gives the linear probe no step (its cross-entropy would
+    be 0/0: NaN, which would poison Adam for good): its weights and Adam moments stay as they were; the cluster
+    probe, whose loss does not read labels, trains on the batch as on any other."""
     codes = codes or _identity
     device = source_device(fs) if device is None else torch.device(device)
-    torch.manual_seed(seed)  # the N(0, 1) centroids and the linear init, as HPModel draws them
+    gen = torch.Generator().manual_seed(seed)  # the linear init, then the N(0, 1) centroids, as HPModel draws them
     with torch.no_grad():
         first = fs.feats[:1] if isinstance(fs, FeatureSet) else torch.zeros(1, fs.dim, *fs.grid)
         dim = codes(first.to(device).float()).shape[1]
-    linear, cluster = nn.Conv2d(dim, n_classes, 1), ClusterProbe(dim, n_classes)
+    linear = linear_probe_init(dim, n_classes, gen)
+    cluster = cluster_probe_init(dim, n_classes, gen)
     dtype = _fit_dtype(device)  # drawn on the CPU, then moved: the same initial values on every device
     linear, cluster = linear.to(device=device, dtype=dtype), cluster.to(device=device, dtype=dtype)
     opt_linear = torch.optim.Adam(linear.parameters(), lr=linear_lr)
@@ -189,12 +230,17 @@ def fit_online_probes(
         with torch.no_grad():
             z = codes(feats.to(device, non_blocking=True).float()).to(dtype)
         labels = _targets(labels.to(device, non_blocking=True), n_classes)
-        logits = F.interpolate(linear(z), size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE) + cluster.loss(z)
+        labelled = bool((labels != IGNORE).any())
+        if labelled:
+            logits = F.interpolate(linear(z), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            loss = F.cross_entropy(logits, labels, ignore_index=IGNORE) + cluster.loss(z)
+        else:  # no labelled pixel: no linear step
+            loss = cluster.loss(z)
         opt_linear.zero_grad()
         opt_cluster.zero_grad()
         loss.backward()
-        opt_linear.step()
+        if labelled:
+            opt_linear.step()
         opt_cluster.step()
     return linear.float().eval(), cluster.centroids.detach().float()
 
@@ -287,10 +333,11 @@ def fit_linear_converged(
     n_classes: int,
     codes: Codes | None = None,
     max_iter: int | None = None,
-    weight_decay: float = 1e-4,
+    weight_decay: float | None = None,
     device=None,
     sample: PatchSample | None = None,
     seed: int = 0,
+    record: dict | None = None,
 ) -> nn.Conv2d:
     """Protocol (ii): a linear probe fitted to convergence on frozen features (or codes): full-batch L-BFGS on the
     cross-entropy against each patch's pixel-exact class shares (soft targets), with a small L2 penalty so that the
@@ -298,32 +345,31 @@ def fit_linear_converged(
 
     Fitted on every labelled patch of an in-memory split up to `WHOLE_PATCHES` patches, else on `sample` (drawn here
     with `seed` when not given: `patch_sample`); on `device` (default: where the features are), returned there.
-    `max_iter` defaults to `CONVERGED_ITERS`."""
+    `max_iter` defaults to `CONVERGED_ITERS`, `weight_decay` to `WEIGHT_DECAY`. `record`, when given, is filled with
+    how L-BFGS stopped (`lbfgs_record`); one line on stderr says when it stopped at its cap unconverged."""
     device = source_device(fs) if device is None else torch.device(device)
     if sample is None and not needs_sample(fs):
         x, y = _whole_rows(fs, n_classes, codes, device)
     else:
         x, y = _sampled_rows(sample or patch_sample(fs, n_classes, seed=seed), codes, device)
-    return _softmax_regression(x, y, max_iter or CONVERGED_ITERS, weight_decay)
+    wd = WEIGHT_DECAY if weight_decay is None else weight_decay
+    probe, fit = _softmax_regression(x, y, max_iter or CONVERGED_ITERS, wd)
+    warn_unconverged(fit, raw=codes is None)
+    if record is not None:
+        record.update(fit)
+    return probe
 
 
-def _softmax_regression(x: torch.Tensor, y: torch.Tensor, max_iter: int, weight_decay: float) -> nn.Conv2d:
+def _softmax_regression(x: torch.Tensor, y: torch.Tensor, max_iter: int, weight_decay: float) -> tuple[nn.Conv2d, dict]:
     """The L-BFGS fit of `fit_linear_converged` on rows x (P, D) and soft targets y (P, C) (their dtype and device),
-    folded into a 1×1 fp32 convolution on x's device. x is standardised in place (the callers pass fresh rows)."""
+    folded into a 1×1 fp32 convolution on x's device, and how L-BFGS stopped (`lbfgs_record`). x is standardised in
+    place (the callers pass fresh rows)."""
     n_classes, dtype = y.shape[1], x.dtype
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)  # standardise for a well-conditioned problem, fold back below
     xs = x.sub_(mean).div_(std)
     weight = torch.zeros(n_classes, x.shape[1], dtype=dtype, device=x.device, requires_grad=True)
     bias = torch.zeros(n_classes, dtype=dtype, device=x.device, requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [weight, bias],
-        lr=1,
-        max_iter=max_iter,
-        tolerance_grad=1e-7,
-        tolerance_change=1e-10,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
+    opt = torch.optim.LBFGS([weight, bias], max_iter=max_iter, **LBFGS)
 
     def closure():
         opt.zero_grad()
@@ -332,12 +378,83 @@ def _softmax_regression(x: torch.Tensor, y: torch.Tensor, max_iter: int, weight_
         return loss
 
     opt.step(closure)
-    probe = nn.Conv2d(x.shape[1], n_classes, 1).to(x.device)
+    fit = lbfgs_record(opt, closure)
+    probe = nn.utils.skip_init(nn.Conv2d, x.shape[1], n_classes, 1, device=x.device)  # no draw: filled below
     with torch.no_grad():  # logits = ((x - mean) / std) W^T + b  ==  x (W / std)^T + (b - W·mean/std)
         w = weight / std
         probe.weight.copy_(w[:, :, None, None])
         probe.bias.copy_(bias - w @ mean)
-    return probe.eval()
+    return probe.eval(), fit
+
+
+def lbfgs_record(opt: torch.optim.LBFGS, closure: Callable[[], torch.Tensor]) -> dict:
+    """How one `opt.step(closure)` of L-BFGS stopped, JSON-ready. Evaluates the closure once more, at the fitted
+    parameters (their values do not change): `loss`; `grad_max`, the largest |gradient| there, which torch compares
+    with `tolerance_grad`; `loss_change`, the change of the loss over the last iteration, and `step_max`, the largest
+    move of a parameter in it, both compared with `tolerance_change`; `iterations` of `max_iter`, `evaluations` of
+    `max_eval`; `stop`, the rule that ended the step in torch's order ("gradient", "iteration cap", "evaluation cap",
+    "step", "loss change", "directional derivative"); `converged`: a tolerance was met (False: stopped at a cap)."""
+    group, params = opt.param_groups[0], opt.param_groups[0]["params"]
+    state = opt.state[params[0]]
+    iters, evals = state.get("n_iter", 0), state.get("func_evals", 0)
+    tol_grad, tol_change = group["tolerance_grad"], group["tolerance_change"]
+    with torch.enable_grad():  # as LBFGS.step calls it: a caller's no_grad would leave no gradient to read
+        loss = float(closure().detach())
+    grad = max(float(p.grad.abs().max()) for p in params)
+    change = abs(loss - state["prev_loss"]) if "prev_loss" in state else None
+    step = float(state["d"].mul(state["t"]).abs().max()) if "d" in state else None
+    if iters == 0 or (iters < group["max_iter"] and evals < group["max_eval"] and grad <= tol_grad):
+        stop = "gradient"
+    elif iters >= group["max_iter"]:
+        stop = "iteration cap"
+    elif evals >= group["max_eval"]:
+        stop = "evaluation cap"
+    elif step is not None and step <= tol_change:
+        stop = "step"
+    elif change is not None and change < tol_change:
+        stop = "loss change"
+    else:
+        stop = "directional derivative"  # the descent direction's slope fell under tolerance_change
+    met = grad <= tol_grad or (change is not None and change < tol_change) or (step is not None and step <= tol_change)
+    return {
+        "method": "L-BFGS",
+        "iterations": iters,
+        "max_iter": group["max_iter"],
+        "evaluations": evals,
+        "max_eval": group["max_eval"],
+        "loss": loss,
+        "grad_max": grad,
+        "tolerance_grad": tol_grad,
+        "loss_change": change,
+        "step_max": step,
+        "tolerance_change": tol_change,
+        "stop": stop,
+        "converged": met or not stop.endswith("cap"),
+    }
+
+
+def warn_unconverged(record: dict, raw: bool) -> None:
+    """One line on stderr when a converged probe's fit (its record) stopped at its cap unconverged, as hpnb's other
+    runtime warnings (no file and line number: a notebook's output stays the same when the code moves). `raw`: the
+    probe was fitted on the raw features (else on codes). A memoised baseline says it again when read back
+    (`hpnb.evaluate._memo`), so that a notebook prints the same whether its baselines were fitted or loaded."""
+    if record["converged"]:
+        return
+    features = "raw features" if raw else "codes"
+    # the tolerances, not the measured gradient or loss change: those differ in their last digits between CPUs and
+    # thread counts, and this line is part of committed notebook outputs; the measured values are in the record
+    if record["method"] == "L-BFGS":
+        what = f"the converged linear probe of the {features}"
+        capped = record["stop"] == "iteration cap"
+        cap = f"{record['max_iter']} iterations" if capped else f"{record['max_eval']} function evaluations"
+        detail = f"largest |gradient| above {record['tolerance_grad']:.0e}"
+        if record["loss_change"] is not None:
+            detail += f", last loss change above {record['tolerance_change']:.0e}"
+    else:
+        what, cap, change = f"k-means of the {features}", f"{record['max_iter']} iterations", record["objective_change"]
+        detail = "one iteration only" if change is None else f"relative objective change above {record['tol']:.0e}"
+    detail += "; the measured values are in the fit's record (eval_<split>.json: protocols.converged.convergence)"
+    print(f"warning: {what} stopped at its cap of {cap} unconverged ({detail})", file=sys.stderr)
 
 
 def fit_kmeans(
@@ -345,20 +462,30 @@ def fit_kmeans(
     n_clusters: int,
     codes: Codes | None = None,
     seed: int = 0,
-    max_points: int = KMEANS_PATCHES,
+    max_points: int | None = None,
     device=None,
     sample: PatchSample | None = None,
+    record: dict | None = None,
 ) -> torch.Tensor:
-    """Protocol (ii): k-means centroids (cosine, k-means++ seeding, to convergence) on frozen features or codes, of
-    `max_points` patches drawn uniformly: from the whole in-memory split up to `WHOLE_PATCHES` patches, else the
-    first `max_points` of `sample` (drawn here when not given). On `device` (default: where the features are)."""
+    """Protocol (ii): k-means centroids (cosine, k-means++ seeding, to convergence: at most `KMEANS_ITERS`
+    iterations, tolerance `KMEANS_TOL`) on frozen features or codes, of `max_points` (default `KMEANS_PATCHES`)
+    patches drawn uniformly: from the whole in-memory split up to `WHOLE_PATCHES` patches, else the first
+    `max_points` of `sample` (drawn here when not given). On `device` (default: where the features are). `record`,
+    when given, is filled with how k-means stopped (`hpnb.baseline.kmeans_record`); one line on stderr says when it
+    stopped at its cap unconverged."""
     device = source_device(fs) if device is None else torch.device(device)
+    max_points = KMEANS_PATCHES if max_points is None else max_points
     if sample is None and not needs_sample(fs):
         x = sample_patches(code_set(fs, codes, device=device), max_points, seed)
     else:
         sample = sample or patch_sample(fs, 1, seed=seed)
         x = F.normalize(PatchSample(sample.feats[:max_points], sample.targets[:max_points]).codes(codes, device), dim=1)
-    return kmeans(x, n_clusters, iters=500, seed=seed)
+    fit = {}
+    centroids = kmeans(x, n_clusters, iters=KMEANS_ITERS, seed=seed, tol=KMEANS_TOL, record=fit)
+    warn_unconverged(fit, raw=codes is None)
+    if record is not None:
+        record.update(fit)
+    return centroids
 
 
 def cone_stats(x: torch.Tensor, n_centroids: int, seed: int = 0, max_points: int = 20_000) -> dict:

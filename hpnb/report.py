@@ -41,7 +41,9 @@ def evaluate_run(
     result = evaluate_on_split(run, split, crf=crf, which=which, baseline=baseline, progress=progress, workers=workers)
     write_figures(Path(run), result)
     split = result.summary["split"]
-    (Path(run) / f"report_{split}.md").write_text(markdown(result.summary, split))
+    from hpnb.utils import atomic_write_text  # a run folder's files are written whole or not at all
+
+    atomic_write_text(Path(run) / f"report_{split}.md", markdown(result.summary, split))
     return result.summary
 
 
@@ -436,6 +438,7 @@ def folder_report(run, split: str | None = None, n_images: int = 4, crf: bool = 
 
     import matplotlib.pyplot as plt
 
+    from hpnb.data.base import read_photo
     from hpnb.features import extract_features
     from hpnb.predict import Segmenter
     from hpnb.runs import dataset_for, selected_step
@@ -446,7 +449,7 @@ def folder_report(run, split: str | None = None, n_images: int = 4, crf: bool = 
     seg = Segmenter(run, crf=crf)
     cfg, split = seg.cfg, split or seg.cfg.test_split
     files = folder_images(cfg, split)[:n_images]
-    images = [np.asarray(Image.open(path).convert("RGB")) for _, path in files]
+    images = [read_photo(path) for _, path in files]  # as training read them (EXIF, 16-bit, very large photos)
     labels = [seg(im) for im in images]
     names = [name for name, _ in files]
     fig = cluster_overlays(images, labels, seg.names, seg.colours, titles=names)
@@ -470,7 +473,10 @@ def folder_report(run, split: str | None = None, n_images: int = 4, crf: bool = 
         "figures": [f"overlay_{split}.png", "clusters.png"],
     }
     rows = [f"| {k} | {n} | {100 * s:.1f} % |" for k, (n, s) in enumerate(zip(seg.names, shares, strict=True))]
-    (run / f"report_{split}.md").write_text(
+    from hpnb.utils import atomic_write_text  # a run folder's files are written whole or not at all
+
+    atomic_write_text(
+        run / f"report_{split}.md",
         "\n".join(
             [
                 f"# Clusters of {run.name} (no labels)",
@@ -489,7 +495,7 @@ def folder_report(run, split: str | None = None, n_images: int = 4, crf: bool = 
                 "![clusters](clusters.png)",
                 "",
             ]
-        )
+        ),
     )
-    (run / f"eval_{split}.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(run / f"eval_{split}.json", json.dumps(summary, indent=2))
     return summary

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -33,11 +34,14 @@ from hpnb.runs import (
     CONFIG,
     LAST_GOOD,
     METRICS,
+    RunWarning,
     append_log,
+    check_run_folder,
     dataset_for,
     finished,
     load_checkpoint,
     load_run,
+    nan_validation_steps,
     read_log,
     run_steps,
     save_state,
@@ -45,6 +49,8 @@ from hpnb.runs import (
 )
 from hpnb.utils import (
     HpnbError,
+    atomic_write,
+    atomic_write_text,
     autocast,
     device_generator,
     on_accelerator,
@@ -254,12 +260,15 @@ def run_classes(cfg: HPConfig, dataset) -> list[str]:
                 "cluster per class. Leave n_clusters out (n_clusters=none), or train without the labels."
             )
         return list(dataset.classes)
-    if cfg.n_clusters is None or cfg.n_clusters < 2:
+    if cfg.n_clusters is None:
         raise HpnbError(
             f"the images under {getattr(dataset, 'root', '?')} have no labels, so HP needs the number of clusters to "
-            f"learn; found n_clusters={cfg.n_clusters}. Add e.g. n_clusters=8 (python -m hpnb train --preset folder "
+            "learn; n_clusters is not set. Add e.g. n_clusters=8 (python -m hpnb train --preset folder "
             "data_root=PATH n_clusters=8)."
         )
+    from hpnb.data.folder import check_n_clusters
+
+    check_n_clusters(cfg.n_clusters)  # 2..255, a message for each other case (the folder dataset checked it too)
     return [f"cluster {k}" for k in range(cfg.n_clusters)]
 
 
@@ -286,12 +295,16 @@ def check_sizes(cfg: HPConfig, n_train: int, root=None) -> None:
 
 
 class Trainer:
-    """One HP run: builds the data source, the model and optimisers, then `fit()`s with checkpoints."""
+    """One HP run: builds the data source, the model and optimisers, then `fit()`s with checkpoints.
 
-    def __init__(self, cfg: HPConfig, out: str | Path, backbone=None, progress: bool = True):
+    The run folder is checked first (`hpnb.runs.check_run_folder`): a folder of another config is refused, and with
+    `resume` the saved config must match in everything but `hpnb.runs.RESUME_FREE`."""
+
+    def __init__(self, cfg: HPConfig, out: str | Path, backbone=None, progress: bool = True, resume: bool = False):
         from hpnb.backbones import load_backbone
 
-        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.cfg, self.out, self.progress, self.resume_requested = cfg, Path(out), progress, resume
+        check_run_folder(self.out, cfg, resume=resume)  # before anything is loaded or written
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = pick_device(cfg.device)
         seed_everything(cfg.seed)
@@ -461,13 +474,14 @@ class Trainer:
                     "n_classes": self.n_classes,
                     "classes": self.classes,
                     "form": self.cfg.form,
+                    "config": self.cfg.to_dict(),  # checked on resume and load (hpnb.runs.load_checkpoint)
                     **({} if self.labelled else {"labelled": False}),
                 }
             ),
         }
 
     def save(self, name: str) -> Path:
-        """Atomic save under the run folder."""
+        """Atomic save under the run folder, with the checkpoint format (`hpnb.runs.save_state`)."""
         return save_state(self.state(), self.out / name)
 
     def resume(self) -> bool:
@@ -498,15 +512,22 @@ class Trainer:
         return True
 
     # -- the loop -----------------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> TrainResult:
+    def fit(self, resume: bool | None = None, estimate: bool = False) -> TrainResult:
+        """Train to the end (`resume`: from checkpoint.pt; default: as the trainer was built). A run that starts at step
+        0 first removes what an earlier run of this folder left (log, checkpoints, metrics), so none of it outlives it.
+        A NaN validation score is logged with a RunWarning and never selected; when every score was NaN, metrics.json's
+        best has step null and a reason, and no best.pt is written. `estimate`: print, after the first
+        `ESTIMATE_AFTER` steps, the time the remaining steps will take at the rate measured on those (the CLI)."""
         cfg = self.cfg
-        resumed = self.resume() if resume else False
+        resumed = self.resume() if (self.resume_requested if resume is None else resume) else False
         if not resumed:
             truncate_log(self.out, 0)
+            for stale in (CHECKPOINT, BEST, LAST_GOOD, METRICS):
+                (self.out / stale).unlink(missing_ok=True)
             self.build_pools(task_agnostic=True)  # Q_ag once, Q_sp from the initial S'
         ipe = self.iters_per_epoch
         bar = progress_bar(total=self.total, initial=self.step, desc=f"train {cfg.name}", disable=not self.progress)
-        last_val, resumed_planned = {}, False
+        last_val, resumed_planned, first, t_first = {}, False, self.step, time.perf_counter()
         try:
             while self.step < self.total:
                 epoch, i = divmod(self.step, ipe)
@@ -521,10 +542,20 @@ class Trainer:
                 log = self.train_step(order[i * cfg.batch_size : (i + 1) * cfg.batch_size], lam)
                 self.step += 1
                 log.update(step=self.step, epoch=epoch, seconds=round(time.perf_counter() - t0, 4))
+                if estimate and self.step - first == ESTIMATE_AFTER and self.step < self.total:
+                    print(time_estimate(time.perf_counter() - t_first, ESTIMATE_AFTER, self.total - self.step, cfg))
                 if self.step % cfg.val_every == 0 or self.step == self.total:
                     last_val = self.validate()
                     log["val"] = last_val
-                    if last_val["score"] > self.best["score"]:
+                    score = last_val["score"]
+                    if not math.isfinite(score):  # NaN > x is False: say so rather than skip it silently
+                        warnings.warn(
+                            f"the validation score at step {self.step} is {'NaN' if math.isnan(score) else score} "
+                            f"({nan_parts(last_val)}): it is logged, and this step is never selected as best.pt",
+                            RunWarning,
+                            stacklevel=2,
+                        )
+                    elif score > self.best["score"]:
                         self.best = {**last_val, "step": self.step}
                         self.save(BEST)
                 if self.step % cfg.log_every == 0 or "val" in log or self.step == self.total:
@@ -541,16 +572,64 @@ class Trainer:
             ) from err
         finally:
             bar.close()
-        (self.out / METRICS).write_text(json.dumps({"best": self.best, "last": last_val}, indent=2))
+        best = self.best
+        if "step" not in best:  # no validation score was a number: no best.pt, and metrics.json says why
+            rows = [r for r in read_log(self.out) if "val" in r]
+            steps = nan_validation_steps(rows)
+            what = "NaN" if len(steps) == len(rows) else "NaN or infinite"
+            reason = f"every validation score was {what} (steps {', '.join(str(r['step']) for r in rows)})"
+            best = {"step": None, "score": None, "reason": reason}
+            warnings.warn(
+                f"{self.out}: no checkpoint selected on val, {reason}; there is no best.pt, the last weights are in "
+                f"{CHECKPOINT}",
+                RunWarning,
+                stacklevel=2,
+            )
+        atomic_write_text(self.out / METRICS, json.dumps({"best": best, "last": last_val}, indent=2))
         plot_log(self.out, alpha=cfg.alpha if cfg.use_reg else None)
-        return TrainResult(out=self.out, model=self.model, best=self.best, last=last_val, steps=self.step)
+        return TrainResult(out=self.out, model=self.model, best=best, last=last_val, steps=self.step)
+
+
+ESTIMATE_AFTER = 3  # steps measured before the CLI says how long the rest of a run will take
+
+
+def time_estimate(seconds: float, steps: int, remaining: int, cfg: HPConfig) -> str:
+    """One line: the time of `remaining` steps at the rate of the first `steps` (`seconds` in all), and what it
+    leaves out (validations, each a pass over the validation images, and the first steps' warm-up)."""
+    rate = seconds / steps
+    total = rate * remaining
+    when = f"{total / 60:.0f} min" if total >= 90 else f"{total:.0f} s"
+    return (
+        f"time: about {when} for the remaining {remaining} steps ({rate:.2f} s a step over the first {steps} on this "
+        f"machine), plus a validation every {cfg.val_every} steps; the progress bar updates this as it goes"
+    )
+
+
+def nan_parts(scores: dict) -> str:
+    """The entries of a validation result that are not finite numbers, e.g. 'cluster miou' (or 'held_out_loss')."""
+    parts = [
+        f"{k} {m}" if isinstance(v, dict) else k
+        for k, v in scores.items()
+        if k != "score"
+        for m, x in (v.items() if isinstance(v, dict) else [("", v)])
+        if isinstance(x, float) and not math.isfinite(x)
+    ]
+    return ", ".join(parts) or "score"
 
 
 def train(
-    cfg: HPConfig, out: str | Path | None = None, resume: bool = False, backbone=None, progress: bool = True
+    cfg: HPConfig,
+    out: str | Path | None = None,
+    resume: bool = False,
+    backbone=None,
+    progress: bool = True,
+    estimate: bool = False,
 ) -> TrainResult:
-    """Train HP with `cfg` into `out` (default runs/<cfg.name>)."""
-    return Trainer(cfg, out or Path("runs") / cfg.name, backbone=backbone, progress=progress).fit(resume=resume)
+    """Train HP with `cfg` into `out` (default runs/<cfg.name>). A folder of another config is refused; `resume`
+    continues its checkpoint.pt under the same config (`hpnb.runs.check_run_folder`); `estimate` prints the time
+    the run will take once its first steps are measured."""
+    out = out or Path("runs") / cfg.name
+    return Trainer(cfg, out, backbone=backbone, progress=progress, resume=resume).fit(estimate=estimate)
 
 
 def cache_features(cfg: HPConfig, backbone) -> None:
@@ -572,6 +651,15 @@ class TrainedRun(NamedTuple):
     out: Path
 
 
+def folder_for(cfg: HPConfig, out: str | Path) -> Path:
+    """`out`, or `out-<digest of cfg>` when `out` holds a run of another config (which is never written over)."""
+    out = Path(out)
+    if (out / CONFIG).is_file() and finished(out, cfg, run_steps(cfg)) is None:
+        digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        return out.with_name(f"{out.name}-{digest}")
+    return out
+
+
 def train_or_load(cfg: HPConfig, out: str | Path, backbone=None, progress: bool = False) -> TrainedRun:
     """Train `cfg` into `out` unless a finished run of exactly this config is there (an interrupted one resumes);
     print one stable line either way and return the run (config, model selected on val in eval mode, folder).
@@ -580,25 +668,22 @@ def train_or_load(cfg: HPConfig, out: str | Path, backbone=None, progress: bool 
     a digest of the config, so a notebook that changes a parameter keeps the default run intact."""
     from hpnb.printing import pct
 
-    out = Path(out)
+    out = folder_for(cfg, out)
     total = run_steps(cfg)
     state = finished(out, cfg, total)
-    if state is None and (out / CONFIG).is_file():
-        digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-        out = out.with_name(f"{out.name}-{digest}")
-        state = finished(out, cfg, total)
     if not state:
         train(cfg, out=out, resume=state is False, backbone=backbone, progress=progress)
+    loaded = TrainedRun(*load_run(out), out)  # an HpnbError that says why when no checkpoint was selected on val
     best = json.loads((out / METRICS).read_text())["best"]
     if "held_out_loss" in best:  # no labels: selected by the held-out HP loss (shown to the precision it is stable)
         print(f"{out.name}: {total} steps; selected at step {best['step']} by the lowest held-out HP loss")
-        return TrainedRun(*load_run(out), out)
+        return loaded
     print(
         f"{out.name}: {total} steps; best on val at step {best['step']}: "
         f"cluster Acc {pct(best['cluster']['acc'] / 100)} mIoU {pct(best['cluster']['miou'] / 100)} | "
         f"linear Acc {pct(best['linear']['acc'] / 100)} mIoU {pct(best['linear']['miou'] / 100)}"
     )
-    return TrainedRun(*load_run(out), out)
+    return loaded
 
 
 def training_log(rows: list[dict], alpha: float | None = None, figure=None, kept_step: int | None = None):
@@ -641,12 +726,13 @@ def training_log(rows: list[dict], alpha: float | None = None, figure=None, kept
     ax_reg.set_xlabel("iteration t")
     ax_reg.set_title("R (Eq. 11)" + (f", weight α = {alpha:g}" if alpha is not None else ""), fontsize=10)
     val = [r for r in rows if "val" in r]
-    if val and kept_step is None:  # the trainer's rule: the first validation step with the highest score
 
-        def score(v):
-            return v["score"] if "score" in v else sum(v[h][m] for h in ("cluster", "linear") for m in ("acc", "miou"))
+    def score(v):
+        return v["score"] if "score" in v else sum(v[h][m] for h in ("cluster", "linear") for m in ("acc", "miou"))
 
-        kept_step = max(val, key=lambda r: score(r["val"]))["step"]
+    numbers = [r for r in val if not math.isnan(score(r["val"]))]  # a NaN score is never the kept checkpoint
+    if numbers and kept_step is None:  # the trainer's rule: the first validation step with the highest score
+        kept_step = max(numbers, key=lambda r: score(r["val"]))["step"]
     for head, colour in (("cluster", "tab:green"), ("linear", "tab:purple")):
         if not val:
             break
@@ -662,9 +748,10 @@ def training_log(rows: list[dict], alpha: float | None = None, figure=None, kept
         ax_val.plot([], [], "k--", lw=1, alpha=0.6, label=f"kept checkpoint (step {kept_step})")
     if val or kept_step is not None:
         ax_val.legend(fontsize=8, loc="lower right")
-    if val:
-        ax_val.set_ylim(0, 1.2 * max(r["val"][h]["miou"] for r in val for h in ("cluster", "linear")))
-    else:
+    tops = [r["val"][h]["miou"] for r in val for h in ("cluster", "linear") if math.isfinite(r["val"][h]["miou"])]
+    if tops:
+        ax_val.set_ylim(0, 1.2 * max(tops))
+    if not val:
         ax_val.text(0.5, 0.5, "no validation step logged", ha="center", va="center", transform=ax_val.transAxes)
     ax_val.set_xlim(0, max(steps) * 1.05)
     ax_val.set_xlabel("iteration t")
@@ -686,5 +773,5 @@ def plot_log(out: str | Path, alpha: float | None = None) -> Path | None:
     if not rows:
         return None
     fig = training_log(rows, alpha=alpha, figure=Figure(figsize=(12, 3.3)))
-    fig.savefig(Path(out) / "loss.png", dpi=100)
+    atomic_write(Path(out) / "loss.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))  # whole or not at all
     return Path(out) / "loss.png"

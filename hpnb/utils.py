@@ -90,13 +90,13 @@ def repo_root() -> Path:
 def atomic_save(obj, path: Path) -> Path:
     """torch.save through a .part file of this process, then a rename: an interrupted run never leaves half a file,
     and two processes that write the same file at once (two runs sharing a cache) cannot interleave."""
-    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
     """Path.write_text through a .part file and a rename (JSON, logs, reports): a reader sees the old file or the new
     one, never half of one, and a failed write (disk full) leaves no .part behind."""
-    return _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def atomic_write_json(path: Path, obj, indent: int | None = 2) -> Path:
@@ -104,7 +104,9 @@ def atomic_write_json(path: Path, obj, indent: int | None = 2) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
-def _atomic(path: Path, write) -> Path:
+def atomic_write(path: Path, write) -> Path:
+    """Call write(tmp) on a .part file of this process, then rename it to `path`; on any failure remove the .part and
+    re-raise (the other atomic_* helpers and figure saves go through here)."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
     try:

@@ -1,5 +1,7 @@
 """The command line and the demo job (small sizes)."""
 
+import re
+
 import torch
 
 from hpnb.__main__ import main
@@ -100,3 +102,76 @@ def test_bad_resolution_is_a_clear_cli_error(capsys, tmp_cache):
 def test_prepare_is_forwarded_to_the_five_crop_command(capsys, tmp_path):
     assert main(["prepare", "five-crop", "--dataset", "cocostuff27", "--root", str(tmp_path / "missing")]) == 1
     assert "Expected layout" in capsys.readouterr().out
+
+
+# ---- python -m hpnb train: the run folder ---------------------------------------------------------------------
+
+TINY_ARGS = [
+    *("n_train=12", "n_val=4", "res=56", "val_res=56", "dim=8", "pool_size=6", "batch_size=4", "epochs=2"),
+    *("aug_views=1", "val_every=3", "checkpoint_every=2", "lam_warmup=1", "renew_every=2", "rho=0.3", "crf=false"),
+]
+
+
+def test_train_refuses_another_configs_folder_before_anything_is_written(tmp_path, capsys, tmp_cache):
+    from hpnb.config import get_config, parse_overrides
+
+    get_config("toy", **parse_overrides(TINY_ARGS)).save(tmp_path / "config.json")
+    before = (tmp_path / "config.json").read_bytes()
+    assert main(["train", "--out", str(tmp_path), *TINY_ARGS, "tau=0.5"]) == 1
+    captured = capsys.readouterr()
+    assert f"error: {tmp_path} holds the run of another config (tau 0.6 → 0.5; saved → requested)" in captured.err
+    assert f"--out {tmp_path}-new" in captured.err and "--resume" in captured.err and captured.out == ""
+    assert main(["train", "--out", str(tmp_path), "--resume", *TINY_ARGS, "epochs=3"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "(epochs 2 → 3; saved → requested)" in err
+    assert (tmp_path / "config.json").read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def test_train_says_the_runs_size_before_it_starts(tmp_path, capsys, tmp_cache, monkeypatch, random_backbone):
+    monkeypatch.setattr("hpnb.backbones.load_backbone", lambda *a, **k: random_backbone)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY_ARGS]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        f"train toy -> {out}: 6 steps: 2 epochs × 3 iterations of 4 images from 12 training images; validation "
+        "every 3 steps, a checkpoint every 2"
+    )
+    assert re.fullmatch(  # measured on the first 3 steps, said before the other 3 run
+        r"time: about \d+ s for the remaining 3 steps \(\d+\.\d\d s a step over the first 3 on this machine\), plus a "
+        r"validation every 3 steps; the progress bar updates this as it goes",
+        lines[1],
+    ), lines[1]
+    assert lines[2].startswith(f"trained 6 steps -> {out}; best on val:")
+    assert main(["train", "--out", str(out), "--resume", *TINY_ARGS, "max_iters=4"]) == 1  # the run's length is fixed
+    assert "max_iters null → 4" in capsys.readouterr().err
+    assert main(["train", "--out", str(out), "--resume", *TINY_ARGS]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "resuming at step 6 of 6"
+
+
+def test_train_says_when_no_checkpoint_was_selected_on_val(tmp_path, capsys, tmp_cache, monkeypatch):
+    import json
+
+    from hpnb.train import TrainResult
+
+    def all_nan(cfg, out, resume, estimate=False):  # what the trainer leaves when every validation score was NaN
+        reason = "every validation score was NaN (steps 3, 6)"
+        out.mkdir()
+        (out / "metrics.json").write_text(json.dumps({"best": {"step": None, "score": None, "reason": reason}}))
+        return TrainResult(out=out, model=None, best={"step": None, "score": None, "reason": reason}, last={}, steps=6)
+
+    monkeypatch.setattr("hpnb.train.train", all_nan)
+    assert main(["train", "--out", str(tmp_path / "run"), *TINY_ARGS]) == 1
+    err = capsys.readouterr().err
+    assert "no checkpoint was selected on val: every validation score was NaN (steps 3, 6)" in err
+    assert f"python -m hpnb evaluate {tmp_path / 'run'} --checkpoint last" in err
+
+
+def test_evaluate_names_a_damaged_checkpoint(tmp_path, capsys):
+    import os
+
+    from hpnb.config import get_config
+
+    get_config("toy").save(tmp_path / "config.json")
+    (tmp_path / "checkpoint.pt").write_bytes(os.urandom(200))
+    assert main(["evaluate", str(tmp_path)]) == 1
+    assert f"error: {tmp_path / 'checkpoint.pt'} is damaged: torch cannot read it" in capsys.readouterr().err

@@ -123,7 +123,8 @@ def test_training_validation_checkpoint_and_resume_on_an_accelerator(tmp_path, i
         assert next(result.model.parameters()).device == dev
         assert straight.q_ag.device == dev and "cluster" in result.best
 
-        first = Trainer(tiny(device=dev.type, max_iters=2), tmp_path / "b", backbone=backbone, progress=False)
+        first = Trainer(cfg, tmp_path / "b", backbone=backbone, progress=False)
+        first.total = 2  # the same run, stopped after its second step (a resume keeps the run's config)
         first.fit()
         second = Trainer(cfg, tmp_path / "b", backbone=backbone, progress=False)
         resumed = second.fit(resume=True)

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import TinySet
 from torch import nn
 
+from conftest import TinySet
 from hpnb.features import FeatureSet
 from hpnb.model import HPModel
 from hpnb.testing import fake_accelerator
@@ -201,12 +201,14 @@ def test_the_clusters_nearest_patches_of_a_model_on_the_device():
 
 
 def write_run(out, cfg, model: HPModel, step: int = 3):
-    """A run folder by hand: config, one checkpoint, the selected step (what `load_run` and the evaluation read)."""
+    """A run folder by hand: config, the checkpoints, the selected step (what `load_run` and the evaluation read)."""
     out.mkdir(parents=True)
     cfg.save(out / "config.json")
     meta = {"backbone": cfg.backbone, "dim": model.dim, "in_dim": model.in_dim, "n_classes": model.n_classes}
     meta.update(classes=[f"class {k}" for k in range(model.n_classes)], form="code")
-    torch.save({"model": model.state_dict(), "step": step, "meta": json.dumps(meta)}, out / "checkpoint.pt")
+    state = {"model": model.state_dict(), "step": step, "meta": json.dumps(meta)}
+    for name in ("checkpoint.pt", "best.pt"):  # a finished run: the last state and the one selected on val
+        torch.save(state, out / name)
     (out / "metrics.json").write_text(json.dumps({"best": {"step": step}}))
     return out
 

@@ -14,6 +14,7 @@ from test_folder import make_folder, tiny_folder_config
 
 import hpnb
 from hpnb.data import FolderWarning
+from hpnb.data.toyworld import make_scene
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +113,35 @@ def test_the_report_of_a_run_without_labels_shows_overlays_and_cluster_strips(pa
     assert len(shares) == 3 and abs(sum(shares) - 1) < 1e-3
     assert Image.open(run / "clusters.png").size[1] >= 250 and (run / "overlay_val.png").is_file()
     assert "lowest HP loss" in (run / "report_val.md").read_text()
+
+
+def test_prediction_feeds_the_backbone_what_training_fed_it(patched, random_backbone, monkeypatch, tmp_path):
+    """One resampling per run (`hpnb.data.transforms.resampling`): a 448 px photo shrunk 8x to the run's 56 px reaches
+    the backbone as the same tensor in the folder dataset (training, validation) and in prediction."""
+    from hpnb.data.transforms import resampling
+
+    run, _ = patched
+    photo = np.asarray(Image.fromarray(make_scene(7, 112)[0]).resize((448, 448), Image.NEAREST))  # sharp edges
+    root = tmp_path / "two"
+    root.mkdir()
+    Image.fromarray(photo).save(root / "photo.png")
+    Image.fromarray(make_scene(8, 64)[0]).save(root / "other.png")
+    dataset = hpnb.data.get_dataset("folder", "all", root=root, res=56, transform="val")
+    trained = dataset[[name for name, _, _ in dataset.samples].index("photo.png")]["image"]
+    seen = []
+    forward = random_backbone.forward
+    monkeypatch.setattr(random_backbone, "forward", lambda x, **kw: seen.append(x[0].clone()) or forward(x, **kw))
+    seg = hpnb.predict.Segmenter(run, crf=False, backbone=random_backbone)
+    seg(root / "photo.png")
+    assert resampling(seg.cfg.dataset) == dataset.transform.image_interpolation == "bilinear"
+    assert seen[0].shape == trained.shape == (3, 56, 56) and torch.equal(seen[0], trained)
+
+
+def test_float_and_sixteen_bit_images_segment_like_their_eight_bit_twin(patched, tmp_path):
+    run, _ = patched
+    seg = hpnb.predict.Segmenter(run, crf=False)
+    photo = make_scene(5, 64)[0]
+    labels = seg(photo)
+    assert np.array_equal(hpnb.predict.predict(photo / 255.0, run, crf=False), labels)  # what skimage returns
+    Image.fromarray(photo[..., 0].astype(np.uint16) * 257).save(tmp_path / "grey16.png")  # was read all white
+    assert np.array_equal(seg(tmp_path / "grey16.png"), seg(photo[..., 0]))

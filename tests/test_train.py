@@ -117,6 +117,12 @@ def test_a_run_writes_its_folder(tiny_run):
     assert all(np.isfinite(r["loss"]) for r in rows)
     assert rows[0]["lam"] == 0.0 and rows[-1]["lam"] > 0  # warm-up, then the ramp
     assert "val" in rows[2] and result.best["step"] in (3, 6)
+    from hpnb.runs import FORMAT
+
+    for name in ("checkpoint.pt", "best.pt"):  # the checkpoint format, and the config it was trained under
+        state = torch.load(out / name, weights_only=True)
+        assert state["format"] == FORMAT and json.loads(state["meta"])["config"] == tiny_config().to_dict()
+    assert not list(out.glob("*.part"))
 
 
 def test_resume_after_sigkill_gives_the_same_final_weights(tmp_path):
@@ -361,3 +367,112 @@ def test_evaluate_on_split_can_keep_one_protocol_and_hp_rows_only(tiny_run, tmp_
     assert not (run / "cluster_mapping.json").exists()  # the online probe's map is written only when it is scored
     with pytest.raises(HpnbError, match="protocols must be"):
         evaluate_on_split(run, split="val", crf=False, progress=False, protocols=("paper",))
+
+
+# ---- the run folder: one config per folder, resume under the same config, NaN scores, damaged checkpoints --------
+
+
+def copy_of(run, tmp_path):
+    import shutil
+
+    return shutil.copytree(run, tmp_path / "run")
+
+
+def test_training_into_another_configs_folder_is_refused_before_anything_is_written(tiny_run, tmp_path):
+    from hpnb.train import train
+
+    result, backbone = tiny_run
+    run = copy_of(result.out, tmp_path)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(HpnbError, match=r"holds the run of another config \(tau 0\.6 → 0\.5; saved → requested\)"):
+        train(tiny_config(tau=0.5), out=run, backbone=backbone, progress=False)
+    with pytest.raises(HpnbError, match=r"cannot resume .*\(epochs 2 → 3; saved → requested\)"):
+        train(tiny_config(epochs=3), out=run, resume=True, backbone=backbone, progress=False)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_resume_may_change_only_what_does_not_change_the_weights(tiny_run, tmp_path):
+    from hpnb.config import HPConfig
+    from hpnb.train import train
+
+    result, backbone = tiny_run
+    run = copy_of(result.out, tmp_path)
+    again = train(tiny_config(crf=True, workers=0), out=run, resume=True, backbone=backbone, progress=False)
+    assert again.steps == 6 and again.best == result.best  # finished already: nothing retrained
+    assert HPConfig.load(run / "config.json").crf is True  # the folder's config says what it now holds
+
+
+def test_a_damaged_checkpoint_on_resume_names_the_file(tiny_run, tmp_path):
+    from hpnb.train import train
+
+    result, backbone = tiny_run
+    run = copy_of(result.out, tmp_path)
+    (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:1000])
+    with pytest.raises(HpnbError, match=r"checkpoint\.pt is damaged: torch cannot read it.*delete it and train"):
+        train(tiny_config(), out=run, resume=True, backbone=backbone, progress=False)
+
+
+def nan_validation(monkeypatch, steps):
+    """Make the validation scores of `steps` NaN (a cluster mIoU turned NaN)."""
+    from hpnb import train as T
+
+    real = T.Trainer.validate
+
+    def validate(self):
+        table = real(self)
+        if self.step in steps:
+            table["cluster"]["miou"], table["score"] = float("nan"), float("nan")
+        return table
+
+    monkeypatch.setattr(T.Trainer, "validate", validate)
+
+
+def test_a_nan_validation_score_is_logged_and_never_selected(tiny_run, tmp_path, monkeypatch):
+    from hpnb.runs import RunWarning, read_log
+    from hpnb.train import train
+
+    _, backbone = tiny_run
+    nan_validation(monkeypatch, {6})  # step 3 is a number, step 6 is NaN: NaN > number is False, but say so
+    with pytest.warns(RunWarning, match=r"validation score at step 6 is NaN \(cluster miou\).*never selected"):
+        result = train(tiny_config(), out=tmp_path / "run", backbone=backbone, progress=False)
+    assert result.best["step"] == 3 and (tmp_path / "run" / "best.pt").is_file()
+    logged = {r["step"]: r["val"]["score"] for r in read_log(tmp_path / "run") if "val" in r}
+    assert np.isfinite(logged[3]) and np.isnan(logged[6]) and (tmp_path / "run" / "loss.png").is_file()
+
+
+def test_a_run_whose_scores_are_all_nan_says_so_and_writes_no_best_checkpoint(tiny_run, tmp_path, monkeypatch, capsys):
+    import hpnb.train as T
+    from hpnb.runs import RunWarning, load_run
+
+    result, backbone = tiny_run
+    run = copy_of(result.out, tmp_path)  # a finished run of this config: its best.pt must not outlive the retrain
+    nan_validation(monkeypatch, {3, 6})
+    with pytest.warns(RunWarning) as caught:
+        again = T.train(tiny_config(), out=run, backbone=backbone, progress=False)
+    said = [str(w.message) for w in caught]
+    assert [m.split(":")[0] for m in said[:2]] == [
+        f"the validation score at step {s} is NaN (cluster miou)" for s in (3, 6)
+    ]
+    assert "no checkpoint selected on val, every validation score was NaN (steps 3, 6)" in said[2]
+    assert again.best == {"step": None, "score": None, "reason": "every validation score was NaN (steps 3, 6)"}
+    assert json.loads((run / "metrics.json").read_text())["best"] == again.best and not (run / "best.pt").exists()
+    with pytest.raises(HpnbError, match=r"no best\.pt: no checkpoint was selected on val because every validation"):
+        load_run(run)
+    with pytest.raises(HpnbError, match="every validation score was NaN"):  # notebooks: no silent fallback either
+        T.train_or_load(tiny_config(), run, backbone=backbone)
+    assert capsys.readouterr().out == ""
+    assert load_run(run, which="last")[1].n_classes == 8  # the last weights, on request
+
+
+def test_folder_for_keeps_another_configs_run_and_reuses_its_own(tmp_path):
+    """train_or_load and the demo send a config to `out-<digest>` when `out` holds another config's run."""
+    from hpnb.config import get_config
+    from hpnb.train import folder_for
+
+    cfg = get_config("toy")
+    assert folder_for(cfg, tmp_path / "demo") == tmp_path / "demo"  # nothing there yet
+    (tmp_path / "demo").mkdir()
+    cfg.save(tmp_path / "demo" / "config.json")
+    assert folder_for(cfg, tmp_path / "demo") == tmp_path / "demo"
+    other = folder_for(get_config("toy", tau=0.3), tmp_path / "demo")
+    assert other.parent == tmp_path and other.name.startswith("demo-") and len(other.name) == len("demo-") + 8

@@ -9,12 +9,13 @@ Every dataset item is a dict {"image": (3,res,res) float ImageNet-normalised, "l
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from hpnb.data.transforms import train_transform, val_transform
 from hpnb.metrics import IGNORE
@@ -79,6 +80,129 @@ def read_rgb(path: Path) -> np.ndarray:
         raise DatasetError(f"image file missing: {path}\nRe-download or re-extract the dataset.") from None
     except (OSError, ValueError) as err:  # PIL.UnidentifiedImageError is an OSError; truncated files too
         raise DatasetError(f"corrupt image file: {path} ({err}).\n{_REFETCH}") from err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Photos as a person sees them: one reader for the folder dataset (training) and `hpnb.predict` (prediction)
+# ----------------------------------------------------------------------------------------------------------
+
+MAX_PIXELS = 16_000_000  # a larger photo is read at 1/f of its width and height (`reduction`)
+PHOTO_ARRAYS = (
+    "an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array of uint8 (0..255), uint16 (16-bit, 0..65535) or floats in "
+    "[0, 1] (what scikit-image returns)"
+)
+
+
+def reduction(width: int, height: int) -> int:
+    """The integer f by which a photo's sides are divided when it is read: 1 up to `MAX_PIXELS`, else the smallest f
+    with width·height / f² under it (prediction holds ~200 bytes a pixel at K = 8: 16 MP is about 3 GB)."""
+    f = 1
+    while width * height > MAX_PIXELS * f * f:
+        f += 1
+    return f
+
+
+def _eight_bit(values: np.ndarray, what: str) -> np.ndarray:
+    """uint8 of a pixel array: uint8 as it is, 16-bit scaled by 255/65535, floats in [0, 1] by 255, bool as 0/255,
+    other integers when they hold 0..255; HpnbError saying what was expected otherwise."""
+    kind, size = values.dtype.kind, values.dtype.itemsize
+    if kind == "u" and size == 1:
+        return values
+    if kind == "b":
+        return values.astype(np.uint8) * 255
+    if values.size == 0 or kind not in "uif":
+        raise HpnbError(f"{what}: expected {PHOTO_ARRAYS}, found dtype {values.dtype} and shape {values.shape}")
+    lo, hi = values.min(), values.max()
+    if kind == "f":
+        if not (np.isfinite(lo) and np.isfinite(hi) and 0 <= lo and hi <= 1):
+            raise HpnbError(
+                f"{what}: expected floats in [0, 1] (what scikit-image returns), found {values.dtype} values in "
+                f"[{lo:.4g}, {hi:.4g}]. Scale them first: a 0..255 float image with image.astype(np.uint8), any other "
+                "range with (image - image.min()) / (image.max() - image.min())."
+            )
+        return np.floor(values * 255 + 0.5).astype(np.uint8)
+    if kind == "u" and size == 2:  # 16-bit: 65535 is white
+        return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if 0 <= lo and hi <= 255:  # e.g. int64 holding 0..255
+        return values.astype(np.uint8)
+    raise HpnbError(
+        f"{what}: expected {PHOTO_ARRAYS}, found {values.dtype} values in [{lo}, {hi}]. A 16-bit image: pass "
+        "image.astype(np.uint16)."
+    )
+
+
+def _pixels_of(im: Image.Image, what: str, own: bool) -> tuple[np.ndarray, int]:
+    """(uint8 (H, W, 3), f) of a PIL image: the first frame, EXIF orientation applied, 16-bit and float modes scaled
+    to 8 bits, sides divided by f = `reduction` (a JPEG decodes at the reduced scale). `own`: `im` may be changed."""
+    w, h = im.size
+    f = reduction(w, h)
+    if f > 1 and own and im.format == "JPEG":
+        im.draft(None, (max(1, w // f), max(1, h // f)))  # DCT scaling by 1/2, 1/4 or 1/8, at most 1/f
+    if own:
+        ImageOps.exif_transpose(im, in_place=True)  # turned the way the camera was held
+    else:
+        im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):  # PIL's convert("RGB") clips these to white
+        values = np.asarray(im)
+        if im.mode == "I":  # 16-bit grey PNG in some Pillow versions, 32-bit TIFF in others
+            lo, hi = values.min(initial=0), values.max(initial=0)
+            if lo < 0 or hi > 65535:
+                raise HpnbError(f"{what}: expected 8- or 16-bit pixels, found 32-bit values in [{lo}, {hi}]")
+            values = values.astype(np.uint16)
+        im = Image.fromarray(_eight_bit(values, what), "L")
+    elif im.mode not in ("L", "RGB"):
+        im = im.convert("RGB")
+    rest = reduction(*im.size)
+    if rest > 1:
+        im = im.reduce(rest)  # the mean of each rest x rest block
+    return np.asarray(im.convert("RGB"), dtype=np.uint8), round(max(w, h) / max(im.size))
+
+
+def photo_pixels(image) -> tuple[np.ndarray, int]:
+    """`read_photo` of a file path, a PIL image or an array (`PHOTO_ARRAYS`), and the factor f by which the photo's
+    sides were divided (1 unless it is over `MAX_PIXELS`)."""
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # handled: read at 1/f
+                with Image.open(path) as im:
+                    return _pixels_of(im, str(path), own=True)
+        except FileNotFoundError:
+            if path.is_symlink():
+                raise DatasetError(f"{path} is a link to a missing file ({os.readlink(path)})") from None
+            raise DatasetError(f"image file missing: {path}") from None
+        except Image.DecompressionBombError as err:  # neither OSError nor ValueError
+            raise DatasetError(
+                f"{path} is too large to open: {err} Downscale it first (or raise PIL.Image.MAX_IMAGE_PIXELS if you "
+                "trust the file)."
+            ) from err
+        except HpnbError:
+            raise
+        except (OSError, ValueError, SyntaxError, EOFError) as err:  # UnidentifiedImageError, truncated data, ...
+            raise DatasetError(f"{path} is not a readable image ({err})") from err
+    if isinstance(image, Image.Image):
+        return _pixels_of(image, "the image", own=False)
+    values = np.asarray(image)
+    if values.ndim == 3 and values.shape[0] in (1, 3, 4) and values.shape[2] not in (1, 3, 4):
+        raise HpnbError(
+            f"expected {PHOTO_ARRAYS}, found shape {values.shape}: channels first? Pass image.transpose(1, 2, 0)."
+        )
+    if values.ndim == 3 and values.shape[2] in (1, 3, 4):
+        values = values[..., 0] if values.shape[2] == 1 else values[..., :3]
+    elif values.ndim != 2:
+        raise HpnbError(f"expected {PHOTO_ARRAYS}, found shape {values.shape}")
+    pixels = np.ascontiguousarray(_eight_bit(values, "the image array"))
+    if pixels.ndim == 3 and reduction(pixels.shape[1], pixels.shape[0]) == 1:
+        return pixels, 1  # already what a reader returns
+    return _pixels_of(Image.fromarray(pixels), "the image array", own=True)
+
+
+def read_photo(image) -> np.ndarray:
+    """uint8 (H, W, 3) of a photo as a person sees it, the one reader of the folder dataset and `hpnb.predict`: EXIF
+    orientation applied, 16-bit and float pixels scaled to 8 bits, sides divided by `reduction` when it is over
+    `MAX_PIXELS`. A path that is no readable image raises DatasetError naming it (and why, where PIL says)."""
+    return photo_pixels(image)[0]
 
 
 def read_index_png(path: Path) -> np.ndarray:

@@ -11,10 +11,15 @@ Labels are optional. Without them every pixel is "ignore" (-1) and the run learn
                                     labels/**/*.png       255 or any value >= the number of classes = ignore)
                                     classes.txt           one class name per line
 
-The split is fixed by the file names: `val` (= `test`) is the tenth of the images, at least one, whose SHA-1 of the
-relative path is smallest; `train` is the rest, `all` everything. Adding images never moves an old one between splits
-unless it falls into the held-out share. Unreadable files are skipped (counted, the first few named, once); images
-whose shorter side is under one crop are upscaled (and said so); images under `MIN_SIDE` pixels are skipped.
+The split is fixed by each file's name alone (`held_out`): `val` (= `test`) holds the images whose SHA-1 of the
+relative path falls under a fixed threshold (a tenth of the hash range), `train` the rest, `all` everything, so adding
+or removing images never moves another one between splits (a folder too small for any name to fall under the
+threshold holds out its one smallest hash until one does). Photos are read as a viewer shows them
+(`hpnb.data.base.read_photo`: EXIF orientation, 16-bit scaled to 8 bits, over `MAX_PIXELS` read at a reduced size) and
+resized with the folder's resampling (`hpnb.data.transforms.RESAMPLING`, also used by `hpnb.predict`). Unreadable files
+(broken, dangling links, over PIL's pixel limit) are skipped (counted, the first few named, once); images whose shorter
+side is under one crop are upscaled (and said so); images under `MIN_SIDE` pixels are skipped, in training as in
+prediction.
 """
 
 from __future__ import annotations
@@ -28,12 +33,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hpnb.data.base import DatasetError, SegDataset, TransformArg, default_root, read_index_png, read_rgb
-from hpnb.utils import cache_dir
+import hpnb.data.base as base
+from hpnb.data.base import (
+    DatasetError,
+    SegDataset,
+    TransformArg,
+    default_root,
+    make_transform,
+    photo_pixels,
+    read_index_png,
+    reduction,
+)
+from hpnb.data.transforms import SegTransform, resampling
+from hpnb.utils import HpnbError, cache_dir
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 VAL_SHARE = 0.1  # the held-out tenth (at least one image)
-MIN_SIDE = 16  # pixels: anything smaller is skipped (nothing to see at one patch)
+HASH_BITS = 64  # the first 64 bits of a name's SHA-1, compared with VAL_SHARE * 2**64 (`held_out`)
+MIN_SIDE = 16  # pixels: anything smaller is skipped (nothing to see at one patch), in training and prediction
+MAX_CLUSTERS = 255  # a label PNG holds one byte a pixel, and 255 means "ignore" in label files
 SHOW = 5  # names quoted in a warning
 
 
@@ -51,21 +69,33 @@ def _files(images: Path, exclude: Path | None = None) -> list[Path]:
     return out
 
 
-def _probe(path: Path) -> list[int] | None:
-    """[width, height] of an image file that decodes completely (at reduced scale, fast), else None."""
+def _probe(path: Path) -> list[int] | str | None:
+    """[width, height] of an image file that decodes completely (at reduced scale, fast), else why not: a short
+    reason where it helps (a dangling link, over PIL's pixel limit), None for any other unreadable file."""
+    if path.is_symlink() and not path.exists():
+        return "a link to a missing file"
     try:
-        with Image.open(path) as im:
-            size = list(im.size)
-            im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))  # JPEG: decode at 1/8 scale
-            im.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # read at a reduced size (MAX_PIXELS)
+            with Image.open(path) as im:
+                size = list(im.size)
+                im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))  # JPEG: decode at 1/8 scale
+                im.load()
         return size
+    except Image.DecompressionBombError:
+        return f"over PIL's limit of {2 * Image.MAX_IMAGE_PIXELS} pixels"
     except Exception:  # noqa: BLE001  (PIL raises many types for broken files: each one means "skip it")
         return None
 
 
-def scan(images: Path, exclude: Path | None = None) -> dict[str, list[int] | None]:
-    """{relative path: [width, height] or None (unreadable)} of every image file; remembered in the cache by path,
-    size and modification time, so a second scan of a large folder opens nothing."""
+def readable(size) -> bool:
+    """Whether a `scan` entry is an image's [width, height] (else it is unreadable, with or without a reason)."""
+    return isinstance(size, list)
+
+
+def scan(images: Path, exclude: Path | None = None) -> dict[str, list[int] | str | None]:
+    """{relative path: [width, height], or why it is unreadable (a reason or None)} of every image file; remembered
+    in the cache by path, size and modification time, so a second scan of a large folder opens nothing."""
     index_file = cache_dir("folders") / f"{hashlib.sha1(str(images.resolve()).encode()).hexdigest()[:16]}.json"
     try:
         known = json.loads(index_file.read_text()) if index_file.is_file() else {}
@@ -74,13 +104,18 @@ def scan(images: Path, exclude: Path | None = None) -> dict[str, list[int] | Non
     found, changed = {}, False
     for path in _files(images, exclude):
         rel = path.relative_to(images).as_posix()
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except OSError as err:  # a dangling link, a file removed while scanning
+            found[rel] = _probe(path) if path.is_symlink() else err.strerror
+            continue
         stamp = [stat.st_size, stat.st_mtime_ns]
         if rel in known and known[rel][0] == stamp:
             found[rel] = known[rel][1]
         else:
             found[rel], changed = _probe(path), True
-        known[rel] = [stamp, found[rel]]
+        if not isinstance(found[rel], str):  # a reason (over PIL's limit, ...) may change without the file: ask again
+            known[rel] = [stamp, found[rel]]
     if changed:
         tmp = index_file.with_name(f"{index_file.name}.{os.getpid()}.part")
         tmp.write_text(json.dumps(known))
@@ -88,16 +123,95 @@ def scan(images: Path, exclude: Path | None = None) -> dict[str, list[int] | Non
     return found
 
 
+def name_hash(name: str) -> int:
+    """The first `HASH_BITS` bits of the SHA-1 of a relative path, as a number."""
+    return int(hashlib.sha1(name.encode()).hexdigest()[: HASH_BITS // 4], 16)
+
+
 def held_out(names: list[str], share: float = VAL_SHARE) -> set[str]:
-    """The validation part: the `share` of names (at least one, never all) with the smallest SHA-1."""
-    k = min(max(1, round(share * len(names))), len(names) - 1)
-    ranked = sorted(names, key=lambda n: hashlib.sha1(n.encode()).hexdigest())
-    return set(ranked[:k])
+    """The validation part: a name is held out iff its hash (`name_hash`) is below share · 2^HASH_BITS, a threshold
+    that depends on nothing else, so adding or removing other images never moves a name between the parts.
+
+    Both parts must hold an image (at least 2 names). When no name is under the threshold (about 0.9^n of folders of
+    n images: a third at 10, 4 % at 30) the one smallest hash is held out instead, and when every name is under it the
+    largest goes to training; these two fallbacks depend on the other names, so in a folder that small an added image
+    can still swap the held-out one. Once some name is under the threshold the fallback is off and stays off while
+    images are added."""
+    threshold = share * 2**HASH_BITS
+    hashes = {n: name_hash(n) for n in names}
+    below = {n for n, h in hashes.items() if h < threshold}
+    if len(names) < 2:
+        return below
+    if not below:
+        return {min(names, key=hashes.get)}
+    if len(below) == len(names):
+        return below - {max(names, key=hashes.get)}
+    return below
 
 
-def _listing(names: list[str]) -> str:
+def _listing(names: list[str], reasons: dict[str, str] | None = None) -> str:
+    """The first `SHOW` names (with their reason, where there is one) and how many more."""
+    reasons = reasons or {}
+    shown = [f"{n} ({reasons[n]})" if reasons.get(n) else n for n in names[:SHOW]]
     more = f" and {len(names) - SHOW} more" if len(names) > SHOW else ""
-    return ", ".join(names[:SHOW]) + more
+    return ", ".join(shown) + more
+
+
+def warn_unreadable(names: list[str], total: int, where: Path, reasons: dict[str, str] | None = None) -> None:
+    """The one warning about files that are not readable images (training and prediction say the same)."""
+    warnings.warn(
+        f"skipped {len(names)} of {total} files under {where} that are not readable images: {_listing(names, reasons)}",
+        FolderWarning,
+        stacklevel=3,
+    )
+
+
+def warn_tiny(names: list[str]) -> None:
+    """The one warning about images under `MIN_SIDE` pixels on a side (training and prediction skip them)."""
+    warnings.warn(
+        f"skipped {len(names)} images smaller than {MIN_SIDE} px on a side: {_listing(names)}",
+        FolderWarning,
+        stacklevel=3,
+    )
+
+
+def warn_reduced(sizes: dict[str, list[int]]) -> None:
+    """The one warning about photos over `MAX_PIXELS`, read at 1/f of their width and height."""
+    listed = {n: f"{w}x{h}, read at 1/{reduction(w, h)}" for n, (w, h) in sizes.items()}
+    warnings.warn(
+        f"{len(sizes)} images are over {base.MAX_PIXELS / 1e6:g} megapixels and are read at a reduced size (their label "
+        f"maps too): {_listing(sorted(sizes), listed)}",
+        FolderWarning,
+        stacklevel=3,
+    )
+
+
+def too_small(size: list[int]) -> bool:
+    """Whether an image of [width, height] is skipped: under `MIN_SIDE` pixels on a side as it is read."""
+    return min(size) // reduction(*size) < MIN_SIDE
+
+
+def check_n_clusters(n_clusters) -> None:
+    """2 <= n_clusters <= `MAX_CLUSTERS` (None: not given, checked by the trainer); HpnbError for each other case."""
+    if n_clusters is None:
+        return
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, int):
+        raise HpnbError(
+            f"n_clusters must be a whole number from 2 to {MAX_CLUSTERS}, found {n_clusters!r}. Pass e.g. n_clusters=8 "
+            "(python -m hpnb train --preset folder data_root=PATH n_clusters=8)."
+        )
+    if n_clusters < 2:
+        raise HpnbError(
+            f"n_clusters={n_clusters}: HP needs at least 2 clusters (one cluster paints every pixel the same), "
+            f"expected 2 to {MAX_CLUSTERS}. Pass e.g. n_clusters=8 (python -m hpnb train --preset folder "
+            "data_root=PATH n_clusters=8)."
+        )
+    if n_clusters > MAX_CLUSTERS:
+        raise HpnbError(
+            f"n_clusters={n_clusters} is more than {MAX_CLUSTERS}: a label PNG holds one byte a pixel (255 = ignore), "
+            "and the evaluation's time and figures grow with the number of clusters (1000 took minutes and a 46 MB "
+            f"image). Expected 2 to {MAX_CLUSTERS}; a few to a few dozen is usual. Pass e.g. n_clusters=8."
+        )
 
 
 class ImageFolder(SegDataset):
@@ -116,9 +230,13 @@ class ImageFolder(SegDataset):
         transform: TransformArg = None,
         n_clusters: int | None = None,
     ):
+        check_n_clusters(n_clusters)  # before any scan
         root = Path(root) if root is not None else default_root(self.name, type(self).has_layout)
         self.classes = self.read_classes(root)
         self.n_clusters = n_clusters
+        if not callable(transform):  # the "train"/"val" views, with the folder's resampling (also prediction's)
+            built, res = make_transform(transform, split, res)
+            transform = SegTransform(built.res, resampling(self.name))
         super().__init__(root, split, res, transform)
 
     # -- layout -------------------------------------------------------------------------------------------
@@ -153,6 +271,11 @@ class ImageFolder(SegDataset):
 
     # -- samples ------------------------------------------------------------------------------------------
     def _find_samples(self) -> list[tuple[str, Path, Path | None]]:
+        if self.root.exists() and not self.root.is_dir():
+            raise DatasetError(
+                f"data_root {self.root} is a file; expected a folder of images ({', '.join(EXTENSIONS)}; nested "
+                f"folders are fine).\nNext: pass the folder that holds it: data_root={self.root.parent}"
+            )
         if not self.root.is_dir():
             raise DatasetError(
                 f"image folder {self.root} does not exist.\n"
@@ -166,22 +289,16 @@ class ImageFolder(SegDataset):
                 f"found no image files under {self.images_dir} (searched nested folders for "
                 f"{', '.join(EXTENSIONS)}).\nPut your photos there, or point data_root= at the folder that holds them."
             )
-        unreadable = sorted(n for n, size in found.items() if size is None)
-        tiny = sorted(n for n, size in found.items() if size is not None and min(size) < MIN_SIDE)
+        unreadable = sorted(n for n, size in found.items() if not readable(size))
+        tiny = sorted(n for n, size in found.items() if readable(size) and too_small(size))
         good = sorted(n for n in found if n not in unreadable and n not in tiny)
         if unreadable:
-            warnings.warn(
-                f"skipped {len(unreadable)} of {len(found)} files under {self.images_dir} that are not readable "
-                f"images: {_listing(unreadable)}",
-                FolderWarning,
-                stacklevel=3,
-            )
+            warn_unreadable(unreadable, len(found), self.images_dir, {n: found[n] for n in unreadable})
         if tiny:
-            warnings.warn(
-                f"skipped {len(tiny)} images smaller than {MIN_SIDE} px on a side: {_listing(tiny)}",
-                FolderWarning,
-                stacklevel=3,
-            )
+            warn_tiny(tiny)
+        large = {n: found[n] for n in good if reduction(*found[n]) > 1}
+        if large:
+            warn_reduced(large)
         if len(good) < 2:
             raise DatasetError(
                 f"{self.images_dir} holds {len(good)} usable image(s); expected at least 2 (one is held out to select "
@@ -201,21 +318,32 @@ class ImageFolder(SegDataset):
         return [(n, self.images_dir / n, labels / Path(n).with_suffix(".png") if labels else None) for n in keep]
 
     def load_image(self, i: int) -> np.ndarray:
-        return read_rgb(self.samples[i][1])
+        """The photo as a viewer shows it (`read_photo`, as `hpnb.predict` reads it)."""
+        return photo_pixels(self.samples[i][1])[0]
 
     def raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sample i before transforms; an unlabelled image gets an all-ignore (-1) label of its size."""
-        if self.samples[i][2] is None:
-            image = self.load_image(i)
+        """Sample i before transforms; an image without a label file gets an all-ignore (-1) label of its size, and
+        the label of a photo read at a reduced size (over `MAX_PIXELS`) is reduced with it (nearest)."""
+        image, f = photo_pixels(self.samples[i][1])
+        path = self.samples[i][2]
+        if path is None or not path.is_file():
             return image, np.full(image.shape[:2], -1, dtype=np.int64)
-        return super().raw(i)
+        label = self.load_label(i)
+        if f > 1 and label.shape != image.shape[:2]:
+            label = np.asarray(Image.fromarray(label.astype(np.int32)).resize(image.shape[1::-1], Image.NEAREST))
+        if image.shape[:2] != label.shape:
+            raise DatasetError(
+                f"{self.samples[i][1]}: image is {image.shape[0]}x{image.shape[1]} (as a viewer shows it, EXIF "
+                f"orientation applied) but its label {path} is {label.shape[0]}x{label.shape[1]} (H x W). Draw labels "
+                "on the image as it is shown, or save the photo without an EXIF rotation."
+            )
+        return image, label.astype(np.int64)
 
     def load_label(self, i: int) -> np.ndarray:
         """Class index per pixel; -1 where unlabelled, where the label file is missing or the value is no class."""
         path = self.samples[i][2]
         if path is None or not path.is_file():
-            with Image.open(self.samples[i][1]) as im:
-                return np.full((im.height, im.width), -1, dtype=np.int64)
+            return np.full(self.load_image(i).shape[:2], -1, dtype=np.int64)
         label = read_index_png(path).astype(np.int64)
         label[label >= len(self.classes)] = -1
         return label

@@ -42,7 +42,25 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
 # Online transforms (spec §3.3)
 # ----------------------------------------------------------------------------------------------------------
 
-_INTERPOLATIONS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}
+_INTERPOLATIONS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}  # PIL's BILINEAR is antialiased
+# How a dataset's photos are resized for the backbone, in training *and* in prediction (`resize_image`): chosen here
+# only. The registered datasets keep the official code's NEAREST; a folder of your own photos, often shrunk 10-20x,
+# uses antialiased bilinear (NEAREST there keeps one pixel in 13 x 13 and the model sees aliasing).
+RESAMPLING = {"folder": "bilinear"}
+
+
+def resampling(dataset: str) -> str:
+    """The image resampling of a dataset's training and of the prediction with a run trained on it (`RESAMPLING`)."""
+    return RESAMPLING.get(dataset, "nearest")
+
+
+def resize_image(image: Image.Image | np.ndarray, size: tuple[int, int], how: str) -> Image.Image:
+    """A photo resized to size = (width, height) with `how` ("nearest" | "bilinear"): the resize of the model's input
+    in the training transforms, and of a whole photo in prediction (`hpnb.evaluate.image_labels`, with
+    `resampling(cfg.dataset)` of the run)."""
+    if how not in _INTERPOLATIONS:
+        raise ValueError(f"resampling must be one of {sorted(_INTERPOLATIONS)}, found {how!r}")
+    return _to_pil_rgb(image).resize(tuple(size), _INTERPOLATIONS[how])
 
 
 def resized_size(h: int, w: int, res: int) -> tuple[int, int]:
@@ -101,7 +119,7 @@ class SegTransform:
             raise ValueError(f"image and label sizes differ: {img.size} vs {lab.size} (W, H)")
         h, w = img.height, img.width
         new_h, new_w = resized_size(h, w, self.res)
-        img = img.resize((new_w, new_h), _INTERPOLATIONS[self.image_interpolation])
+        img = resize_image(img, (new_w, new_h), self.image_interpolation)
         lab = lab.resize((new_w, new_h), Image.NEAREST)  # labels: always nearest (the official images use it too)
         top, left = center_box(new_h, new_w, self.res)
         box = (left, top, left + self.res, top + self.res)
