@@ -1,238 +1,18 @@
-"""Every "Try it yourself" prompt of the notebooks works as written: the test applies the prompt's change to a copy
-of the notebook, runs the cells the prompt names (from the top to the end of that section) in a fresh kernel, and
-fails on any error. It also checks that the notebook's prompt text still shows the change the test applies.
-
-These run after the notebooks themselves (`make test` runs them last, so the feature caches are warm):
-    pytest -m after_notebooks tests/test_prompts.py
+"""Every "Try it yourself" prompt of the notebooks is tested as written: `make test`'s nbval run (with
+--student-and-prompts, ./conftest.py) applies each prompt's change to a copy of its cell in the notebook's own kernel
+after the notebook has run, re-runs from the changed cell (or the top of the named section) to the end of that
+section, then the prompt's new cell, and fails on any error or when the promised text is missing. The prompts and
+the plan of each re-run live in tests/notebook_session.py; these tests check that plan and that each prompt's text
+still shows the change that is applied:
+    pytest --nbval --nbval-current-env --student-and-prompts notebooks/01_preliminaries.ipynb   # one notebook
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ROOT / "notebooks"
-
-
-@dataclass(frozen=True)
-class Prompt:
-    notebook: str  # the two-digit prefix of the notebook
-    number: int  # its place in the notebook's "Try it yourself" list
-    mentions: str  # text the prompt shows (the change a student makes), found in the "Try it yourself" section
-    through: str | None = None  # run from the top to the end of the section whose heading starts so; None: all
-    replace: tuple[str, str] | None = None  # (old, new) in the one code cell that contains `old`
-    code: str | None = None  # a new cell run at the end of that section
-    expect: str | None = None  # text that must appear in the outputs
-    needs_camvid: bool = False
-
-
-GET_CONFIG_TAIL = '"toy-notebook",'  # in the get_config call of notebooks 04-06
-PROMPTS = [
-    Prompt(
-        "00",
-        1,
-        'print(hpnb.config.get_config("toy", tau=0.4))',
-        "## Glossary",
-        code='print(hpnb.config.get_config("toy", tau=0.4))',
-        expect="tau=0.4",
-    ),
-    Prompt(
-        "00",
-        2,
-        "RES = 392",
-        "## Environment check",
-        replace=("RES = 224", "RES = 392"),
-        expect="feats (1, 384, 28, 28)",
-    ),
-    Prompt(
-        "00",
-        3,
-        "hpnb.toyworld.make_scene(7)",
-        "## Environment check",
-        code="image, labels = hpnb.toyworld.make_scene(7)\nprint(len(np.unique(labels)), 'classes')",
-        expect="classes",
-    ),
-    Prompt(
-        "01", 1, "PATCH = (10, 9)", "## 2.", replace=("PATCH = (7, 9)", "PATCH = (10, 9)"), expect="anchor class: car"
-    ),
-    Prompt("01", 2, "TAU = 0.1", "## 4.", replace=("TAU = 0.6", "TAU = 0.1"), expect="(τ = 0.1)"),
-    Prompt(
-        "01",
-        3,
-        "n_clusters=16",
-        "## 5.",
-        replace=(
-            "base = hpnb.baseline.kmeans_baseline(train_fs, val_fs, n_classes=len(CLASSES))",
-            "base = hpnb.baseline.kmeans_baseline(train_fs, val_fs, n_classes=len(CLASSES), n_clusters=16)",
-        ),
-    ),
-    Prompt("01", 4, "PATCH = (1, 8)", "## 3.", replace=("PATCH = (7, 9)", "PATCH = (1, 8)")),
-    Prompt(
-        "02", 1, "POOL_SIZE = 256", "## 3.", replace=("POOL_SIZE = 64", "POOL_SIZE = 256"), expect="Q_ag: (256, 384)"
-    ),
-    Prompt(
-        "02",
-        2,
-        'fig5(*fig5_data("toy"), seed=1)',
-        "## 4.",
-        code='fig5(*fig5_data("toy"), seed=1)\nplt.show()\nfig5(*fig5_data("toy"), M=16)\nplt.show()',
-    ),
-    Prompt("02", 3, "DIM = 16", "## 6.", replace=("DIM = 64", "DIM = 16"), expect="Q_sp: (64, 16)"),
-    Prompt(
-        "02",
-        4,
-        'DATASET = "camvid"',
-        "## 5.",
-        replace=('DATASET = "toy"', 'DATASET = "camvid"'),
-        expect="CamVid/val: 101 images",
-        needs_camvid=True,
-    ),
-    Prompt("03", 1, "ANCHOR = (9, 4)", "## 1.", replace=("IMAGE, ANCHOR = 0, (5, 9)", "IMAGE, ANCHOR = 0, (9, 4)")),
-    Prompt("03", 2, "MIN_DROPPED = 5", "## 2.", replace=("MIN_DROPPED = 3", "MIN_DROPPED = 5")),
-    Prompt("03", 3, 'LHP_FORM = "paper"', "## 3.", replace=('LHP_FORM = 8, "code"', 'LHP_FORM = 8, "paper"')),
-    Prompt("03", 4, "B_DEMO = 4", "## 4.", replace=("B_DEMO = 2 ", "B_DEMO = 4 "), expect="1024 anchors"),
-    Prompt(
-        "04", 1, 'form="paper"', None, replace=(GET_CONFIG_TAIL, GET_CONFIG_TAIL + ' form="paper",'), expect="nb04_toy-"
-    ),
-    Prompt(
-        "04",
-        2,
-        "lam_warmup=30",
-        "## 4.",
-        replace=(GET_CONFIG_TAIL, GET_CONFIG_TAIL + " lam_warmup=30,"),
-        expect="'lam_warmup': 30",
-    ),
-    Prompt(
-        "04",
-        3,
-        "ema_m=0.9",
-        "## 5.",
-        replace=(GET_CONFIG_TAIL, GET_CONFIG_TAIL + " ema_m=0.9,"),
-        expect="m = 0.9: distance to S shrinks by 0.90",
-    ),
-    Prompt("04", 4, "LAM = 0.0", "## 2.", replace=("LAM = 0.5 ", "LAM = 0.0 ")),
-    Prompt("04", 4, "LAM = 1.0", "## 2.", replace=("LAM = 0.5 ", "LAM = 1.0 ")),
-    Prompt(
-        "05",
-        1,
-        'load_run(run.out, which="last")',
-        "## 4.",
-        code='last_cfg, last = hpnb.evaluate.load_run(run.out, which="last")\n'
-        "print(hpnb.evaluate.evaluate(hpnb.evaluate.model_predictor(last), val, C).table())",
-        expect="cluster",
-    ),
-    Prompt(
-        "05",
-        2,
-        "fit_online_probes(train_fs, C, 10 * steps",
-        "## 8.",
-        code="more = hpnb.probes.fit_online_probes(train_fs, C, 10 * steps, cfg.batch_size, cfg.linear_lr, "
-        "cfg.cluster_lr, cfg.seed)\n"
-        "r = hpnb.evaluate.evaluate(hpnb.evaluate.Predictor(lambda f: f.float(), *more), val, C)\n"
-        "print(r.table(), r.empty_clusters)",
-        expect="cluster",
-    ),
-    Prompt(
-        "05",
-        3,
-        "epochs=6",
-        None,
-        replace=(GET_CONFIG_TAIL, GET_CONFIG_TAIL + " epochs=6,"),
-        expect="72 steps",
-    ),
-    Prompt(
-        "06",
-        1,
-        "fig6 = ",
-        "## 2.",
-        code='fig6 = {t: hpnb.train.train_or_load(dataclasses.replace(cfg, **ABLATION, tau=t), RUNS / f"nb06_tau{t}", '
-        "backbone=bb) for t in (0.2, 0.6, 1.0)}\n"
-        'miou = [json.loads((r.out / "metrics.json").read_text())["best"]["cluster"]["miou"] for r in fig6.values()]\n'
-        'plt.plot(list(fig6), miou, "o-"); plt.xlabel("τ"); plt.ylabel("val cluster mIoU (%)"); plt.show()',
-        expect="nb06_tau0.2",
-    ),
-    Prompt(
-        "06",
-        2,
-        "seed=1",
-        "## 1.",
-        code='hpnb.train.train_or_load(dataclasses.replace(cfg, **ABLATION, seed=1), RUNS / "nb06_full", backbone=bb)',
-        expect="nb06_full-",
-    ),
-    Prompt(
-        "06",
-        3,
-        'SWITCHES["(h) loss propagation"] = ("loss_prop", dict(propagation="loss"))',
-        "## 1.",
-        replace=(
-            "}  # name: (run folder nb06_*, switch)",
-            "}  # name: (run folder nb06_*, switch)\n"
-            'SWITCHES["(h) loss propagation"] = ("loss_prop", dict(propagation="loss"))',
-        ),
-        expect="(h) loss propagation",
-    ),
-    Prompt(
-        "07",
-        1,
-        "Set `FOLDER` to a folder of your own photos",
-        "## 1.",
-        replace=("FOLDER = None", 'FOLDER = hpnb.utils.repo_root() / "data" / "datasets" / "example_folder"'),
-        expect="36 training images",
-    ),
-    Prompt(
-        "07",
-        2,
-        "Change `N_CLUSTERS` to 4",
-        "## 2.",
-        replace=("N_CLUSTERS = 8", "N_CLUSTERS = 4"),
-        expect="nb07_folder-",
-    ),
-    Prompt(
-        "07",
-        3,
-        'shutil.copytree(folder, "/tmp/bad_folder")',
-        "## 1.",
-        code="import pathlib, shutil\nfrom PIL import Image\n"
-        'shutil.copytree(folder, "/tmp/bad_folder", dirs_exist_ok=True)\n'
-        'pathlib.Path("/tmp/bad_folder/notes.jpg").write_text("not an image")\n'
-        'pathlib.Path("/tmp/bad_folder/empty.jpg").write_bytes(b"")\n'
-        'Image.new("RGB", (10, 10)).save("/tmp/bad_folder/tiny.png")\n'
-        'hpnb.data.get_dataset("folder", "train", root="/tmp/bad_folder")',
-        expect="skipped 2 of",
-    ),
-]
-
-
-def _notebook(prefix: str) -> Path:
-    (path,) = NOTEBOOKS.glob(f"{prefix}_*.ipynb")
-    return path
-
-
-def _text(cell: dict) -> str:
-    return "".join(cell["source"])
-
-
-def _try_it_yourself(cells: list[dict]) -> str:
-    """The text of the notebook's "Try it yourself" section."""
-    text = "\n".join(_text(c) for c in cells if c["cell_type"] == "markdown")
-    return text.split("## Try it yourself", 1)[1].split("\n## ", 1)[0]
-
-
-def _heading(cell: dict, prefix: str) -> bool:
-    """Whether a markdown cell holds a heading line that starts with `prefix` (anywhere in the cell)."""
-    return cell["cell_type"] == "markdown" and any(line.startswith(prefix) for line in _text(cell).splitlines())
-
-
-def _cells_through(cells: list[dict], through: str | None) -> list[dict]:
-    """The cells from the top to the end of the section whose heading starts with `through` (None: the whole body)."""
-    if through is None:
-        return cells[: next(i for i, c in enumerate(cells) if _heading(c, "## Summary"))]
-    start = next(i for i, c in enumerate(cells) if _heading(c, through))
-    return cells[: next((i for i, c in enumerate(cells) if i > start and _heading(c, "## ")), len(cells))]
+from notebook_session import NOTEBOOKS, PROMPTS, _heading, _notebook, _text, _try_it_yourself, prompt_cells, prompt_id
 
 
 def test_every_prompt_of_every_notebook_is_tested():
@@ -255,29 +35,47 @@ def test_prompt_text_shows_the_change_the_test_applies(prompt):
         assert len(hits) == 1, f"{prompt.replace[0]!r} is in {len(hits)} code cells, expected exactly one"
 
 
-@pytest.mark.after_notebooks
-@pytest.mark.slow
-@pytest.mark.parametrize("prompt", PROMPTS, ids=lambda p: f"{p.notebook}-{p.number}-{p.mentions[:24]}")
-def test_prompt_runs_as_written(prompt):
-    import nbformat
-    from nbclient import NotebookClient
-
-    if prompt.needs_camvid:
-        from hpnb.data import CamVid, data_root
-
-        if not CamVid.has_layout(data_root("camvid")):
-            pytest.skip("needs CamVid (python -m hpnb download camvid --root data/datasets/camvid)")
-    path = _notebook(prompt.notebook)
-    nb = nbformat.read(path, as_version=4)
-    cells = _cells_through(nb.cells, prompt.through)
+@pytest.mark.parametrize("prompt", PROMPTS, ids=prompt_id)
+def test_a_prompt_reruns_from_its_changed_cell_to_the_end_of_its_section(prompt):
+    cells = json.loads(_notebook(prompt.notebook).read_text())["cells"]
+    start, rerun = prompt_cells(cells, prompt)
+    headings = [i for i, c in enumerate(cells) if _heading(c, "## ")]
+    if prompt.through is None:
+        end = next(i for i in headings if _heading(cells[i], "## Summary"))
+    else:
+        section = next(i for i in headings if _heading(cells[i], prompt.through))
+        end = next((i for i in headings if i > section), len(cells))
+    assert start + len(rerun) - bool(prompt.code) == end
     if prompt.replace:
-        old, new = prompt.replace
-        (cell,) = [c for c in cells if c.cell_type == "code" and old in c.source]
-        cell.source = cell.source.replace(old, new)
-    if prompt.code:
-        cells.append(nbformat.v4.new_code_cell(prompt.code))
-    nb.cells = cells
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
-    if prompt.expect:
-        outputs = json.dumps([o for c in nb.cells if c.cell_type == "code" for o in c.outputs], ensure_ascii=False)
-        assert prompt.expect in outputs, f"{prompt.expect!r} not in the outputs"
+        assert prompt.replace[0] in _text(cells[start]) and prompt.replace[1] in rerun[0]["source"]
+    else:
+        assert start == section and rerun[-1]["source"] == prompt.code
+
+
+@pytest.mark.slow
+def test_a_kernel_that_dies_is_reported_with_its_exit_status(tmp_path):
+    """A session whose kernel exits mid-notebook reports the death and the exit status (a kill by the OOM killer
+    shows as -9) instead of hanging or taking later notebooks down with it; its prompts are marked not run."""
+    from notebook_session import Prompt, run_session
+
+    cells = [
+        {"cell_type": "code", "metadata": {}, "source": "x = 1", "outputs": [], "execution_count": None},
+        {
+            "cell_type": "code",
+            "metadata": {},
+            "source": "import os\nos._exit(7)",
+            "outputs": [],
+            "execution_count": None,
+        },
+        {"cell_type": "markdown", "metadata": {}, "source": "## 1. Next"},
+        {"cell_type": "code", "metadata": {}, "source": "print(x)", "outputs": [], "execution_count": None},
+    ]
+    for k, cell in enumerate(cells):
+        cell["id"] = f"cell{k}"
+    nb = {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "99_dies.ipynb"
+    path.write_text(json.dumps(nb))
+    report = run_session("99", path=path, prompts=[Prompt("99", 1, "x", "## 1.", code="print(x + 1)")])
+    assert report["kernel"]["died"] and report["kernel"]["returncode"] == 7, report["kernel"]
+    assert "Kernel died" in report["student"]["error"] or "DeadKernel" in report["student"]["error"]
+    assert report["prompts"]["99-1-x"]["skipped"].startswith("not run")

@@ -1,0 +1,117 @@
+"""Every pytest run in this repository (the unit tests, nbval on the notebooks, the tests after the notebooks) ends
+with one line: its peak memory and that of its largest child process (a kernel, a CLI run).
+
+`--student-and-prompts` (what `make test` passes to its nbval run) adds to each notebook's nbval items, in that
+notebook's kernel:
+- right after each exercise cell, the cell as the student edition has it (tools/student.py: the solution stubbed),
+  which must print "not implemented yet"; the stub stays bound from then on, so the rest of the notebook runs, and
+  nbval compares its outputs, as in the student edition: the student edition runs top to bottom;
+- after the notebook's last cell, each "Try it yourself" prompt (tests/notebook_session.py: PROMPTS) as a student
+  tries it after a run: the prompt's change applied to a copy of its cell, the re-run from the changed cell (or the
+  top of the named section) to the end of that section, then the prompt's new cell; none may raise, and the outputs
+  of the re-run must show what the prompt promises. Prompts starting further down run first.
+One kernel per notebook does all of it: no second run of any notebook.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--student-and-prompts",
+        action="store_true",
+        help="with --nbval: also run each notebook's exercise stubs and its Try-it-yourself prompts in its kernel",
+    )
+
+
+def pytest_collection_modifyitems(session, config, items):
+    if not config.getoption("--student-and-prompts"):
+        return
+    from nbval.plugin import IPyNbCell
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tools"))
+    import notebook_session
+    import student
+
+    class CellsRun(IPyNbCell):
+        """Cells run in the notebook's kernel (nbval's), outputs not compared; fails on an error, or when `expect`
+        is missing from what they printed."""
+
+        def __init__(self, *, cells, expect=None, skip_reason=None, **kwargs):
+            super().__init__(**kwargs)
+            self.cells, self.expect, self.skip_reason = cells, expect, skip_reason
+
+        def runtest(self):
+            if self.skip_reason:
+                pytest.skip(self.skip_reason)
+            printed = []
+            for cell in self.cells:
+                self.cell = cell
+                IPyNbCell.runtest(self)  # raises on an error in the cell
+                printed += self.test_outputs
+            text = json.dumps(printed, ensure_ascii=False)
+            if self.expect is not None and self.expect not in text:
+                raise AssertionError(f"{self.expect!r} is not in what the cells printed: {text[:2000]}")
+
+    def code_cell(source: str):
+        import nbformat
+
+        return nbformat.v4.new_code_cell(source)
+
+    out, by_file = [], defaultdict(list)
+    for item in items:
+        by_file[item.parent].append(item)
+    for item in items:
+        out.append(item)
+        if not isinstance(item, IPyNbCell) or isinstance(item, CellsRun):
+            continue
+        parent, cell = item.parent, item.cell
+        if "exercise" in cell.metadata.get("tags", []):
+            stub = student.strip_solution(cell.source)
+            out.append(
+                CellsRun.from_parent(
+                    parent,
+                    name=f"{item.name} as in the student edition",
+                    cell_num=item.cell_num,
+                    cell=cell,
+                    options=defaultdict(bool),
+                    cells=[code_cell(stub)],
+                    expect="not implemented yet",
+                )
+            )
+        if item is by_file[parent][-1]:  # the notebook's last cell: its prompts follow
+            prefix = Path(str(parent.fspath)).name[:2]
+            source = json.loads(Path(str(parent.fspath)).read_text())["cells"]
+            mine = [p for p in notebook_session.PROMPTS if p.notebook == prefix]
+            planned = sorted(((*notebook_session.prompt_cells(source, p), p) for p in mine), key=lambda x: -x[0])
+            for start, cells, prompt in planned:
+                out.append(
+                    CellsRun.from_parent(
+                        parent,
+                        name=f"Prompt {notebook_session.prompt_id(prompt)}",
+                        cell_num=start,
+                        cell=item.cell,
+                        options=defaultdict(bool),
+                        cells=[code_cell(c["source"]) for c in cells if c["cell_type"] == "code"],
+                        expect=prompt.expect,
+                        skip_reason=notebook_session._needs_missing_data(prompt),
+                    )
+                )
+    items[:] = out
+
+
+def pytest_terminal_summary(terminalreporter):
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    terminalreporter.write_line(f"peak RSS: pytest {own:.1f} GB, its largest child process {child:.1f} GB")
