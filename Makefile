@@ -38,7 +38,7 @@ demo: $(STAMP)
 
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout 300
 
-LINTED := hpnb tests benchmarks tools notebooks
+LINTED := hpnb tests benchmarks tools notebooks conftest.py
 
 # lint: ruff's checks (pyflakes, bugbear, import order) and its format check, notebooks' code cells included
 lint: $(STAMP)

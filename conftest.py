@@ -111,7 +111,26 @@ def pytest_collection_modifyitems(session, config, items):
     items[:] = out
 
 
+PEAKS = {"pytest": (0, ""), "child": (0, "")}  # the highest peak RSS (KB) so far and the test during which it was set
+
+
+def pytest_collection_finish(session):
+    for key, who in (("pytest", resource.RUSAGE_SELF), ("child", resource.RUSAGE_CHILDREN)):
+        PEAKS[key] = (resource.getrusage(who).ru_maxrss, "")  # what imports and collection took
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    yield
+    for key, who in (("pytest", resource.RUSAGE_SELF), ("child", resource.RUSAGE_CHILDREN)):
+        rss = resource.getrusage(who).ru_maxrss  # never decreases: a rise happened during this test
+        if rss > PEAKS[key][0]:
+            PEAKS[key] = (rss, item.nodeid)
+
+
 def pytest_terminal_summary(terminalreporter):
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-    terminalreporter.write_line(f"peak RSS: pytest {own:.1f} GB, its largest child process {child:.1f} GB")
+    (own, own_test), (child, child_test) = PEAKS["pytest"], PEAKS["child"]
+    terminalreporter.write_line(
+        f"peak RSS: pytest {own / 2**20:.1f} GB (reached in {own_test or 'collection'}), its largest child process "
+        f"{child / 2**20:.1f} GB (reached in {child_test or 'collection'}; a child counts pytest's memory at its fork)"
+    )

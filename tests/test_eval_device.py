@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from tiny_data import TinySet
 from torch import nn
 
-from conftest import TinySet
 from hpnb.features import FeatureSet
 from hpnb.model import HPModel
 from hpnb.testing import fake_accelerator

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TinySet
+from tiny_data import TinySet
 
 from hpnb import HpnbError
 from hpnb.features import extract_features, load_features
