@@ -54,13 +54,13 @@ format: $(STAMP)
 # The committed notebook outputs are CPU runs: the suite pins the CPU (hpnb.utils.pick_device reads HPNB_DEVICE), so a
 # machine with a GPU checks the same numbers. `make lab` does not pin it: on a GPU machine the notebooks use the GPU.
 test: export HPNB_DEVICE = cpu
-# Three pytest runs: the unit tests; nbval on the notebooks, each in one kernel that also runs its exercises as the
+# Three pytest runs, each naming its slowest tests (cells and prompts in nbval's): the unit tests; nbval on the notebooks, each in one kernel that also runs its exercises as the
 # student edition has them and its Try-it-yourself prompts (--student-and-prompts, ./conftest.py); then the tests that
 # need the notebooks' caches warm (nbval's strictness on a perturbed copy, the browser test when Chromium is there).
 test: $(STAMP) lint
-	$(PY) -m pytest -q -m "not after_notebooks" tests
-	$(PY) -m pytest -q -rs $(NBVAL) --student-and-prompts notebooks
-	$(PY) -m pytest -q -rs -m after_notebooks tests
+	$(PY) -m pytest -q --durations=15 -m "not after_notebooks" tests
+	$(PY) -m pytest -q -rs --durations=25 $(NBVAL) --student-and-prompts notebooks
+	$(PY) -m pytest -q -rs --durations=5 -m after_notebooks tests
 
 # browser-test: every notebook with widgets in JupyterLab, in headless Chromium (Playwright); needs `apt-get install
 # chromium`. `make test` runs it too when Chromium is there, and says in one line how to get it when it is not.
