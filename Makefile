@@ -19,10 +19,12 @@ CRF_SKIPPED := note: CRF=$(CRF), so the optional dense CRF (pydensecrf2) is not 
 
 .PHONY: setup demo test lint format lab student wheelhouse browser-test clean-cache
 
+# --no-compile: pip does not byte-compile every installed module (torch's thousands: ~30 s of the install); Python
+# compiles what is imported, once.
 $(STAMP): requirements.txt requirements-crf.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(PIP_FLAGS) pip==26.3
-	$(PY) -m pip install -q $(PIP_FLAGS) -r requirements.txt
+	$(PY) -m pip install -q --no-compile $(PIP_FLAGS) -r requirements.txt
 	$(PY) -m pip install -q $(PIP_FLAGS) --no-deps -e .
 ifeq ($(filter 0 no false off,$(CRF)),)
 	@$(PY) -m pip install $(PIP_FLAGS) -r requirements-crf.txt >$(CRF_LOG) 2>&1 || echo "$(CRF_FAILED)"
@@ -54,12 +56,20 @@ format: $(STAMP)
 # The committed notebook outputs are CPU runs: the suite pins the CPU (hpnb.utils.pick_device reads HPNB_DEVICE), so a
 # machine with a GPU checks the same numbers. `make lab` does not pin it: on a GPU machine the notebooks use the GPU.
 test: export HPNB_DEVICE = cpu
-# Three pytest runs, each naming its slowest tests (cells and prompts in nbval's): the unit tests; nbval on the notebooks, each in one kernel that also runs its exercises as the
-# student edition has them and its Try-it-yourself prompts (--student-and-prompts, ./conftest.py); then the tests that
-# need the notebooks' caches warm (nbval's strictness on a perturbed copy, the browser test when Chromium is there).
+# The unit tests run beside nbval, on one thread (OMP_NUM_THREADS=1; their output goes to build/unit_tests.log and is
+# printed when nbval ends): nbval's kernels leave about a quarter of 2 cores idle, which the unit tests fill. nbval
+# runs the notebooks, each in one kernel that also runs its exercises as the student edition has them and its
+# Try-it-yourself prompts (--student-and-prompts) and, for notebook 02, checks that nbval fails on exactly three
+# perturbed outputs (--nbval-strictness; ./conftest.py). Then the tests that need the notebooks' caches and runs
+# warm (the browser test, when Chromium is there). Each pytest run names its slowest tests.
 test: $(STAMP) lint
-	$(PY) -m pytest -q --durations=15 -m "not after_notebooks" tests
-	$(PY) -m pytest -q -rs --durations=25 $(NBVAL) --student-and-prompts notebooks
+	@mkdir -p build
+	@echo "unit tests: running beside nbval, one thread, output in build/unit_tests.log (printed when nbval ends)"
+	@OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=15 -m "not after_notebooks" tests >build/unit_tests.log 2>&1 & \
+	unit=$$!; \
+	$(PY) -m pytest -q -rs --durations=25 $(NBVAL) --student-and-prompts --nbval-strictness notebooks; nbval=$$?; \
+	wait $$unit; status=$$?; echo "--- unit tests (exit $$status), run beside nbval:"; cat build/unit_tests.log; \
+	test $$nbval = 0 && test $$status = 0
 	$(PY) -m pytest -q -rs --durations=5 -m after_notebooks tests
 
 # browser-test: every notebook with widgets in JupyterLab, in headless Chromium (Playwright); needs `apt-get install

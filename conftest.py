@@ -7,10 +7,17 @@ notebook's kernel:
   which must print "not implemented yet"; the stub stays bound from then on, so the rest of the notebook runs, and
   nbval compares its outputs, as in the student edition: the student edition runs top to bottom;
 - after the notebook's last cell, each "Try it yourself" prompt (tests/notebook_session.py: PROMPTS) as a student
-  tries it after a run: the prompt's change applied to a copy of its cell, the re-run from the changed cell (or the
-  top of the named section) to the end of that section, then the prompt's new cell; none may raise, and the outputs
-  of the re-run must show what the prompt promises. Prompts starting further down run first.
+  tries it after a run: the prompt's change applied to a copy of its cell and the re-run from the changed cell to
+  the end of its section, then the prompt's new cell if any (a prompt that only adds a cell: that cell, run in the
+  state the notebook left); none may raise, and the outputs must show what the prompt promises. Prompts placed
+  further down run first, so new cells see the state of the run as committed.
 One kernel per notebook does all of it: no second run of any notebook.
+
+`--nbval-strictness` (also in `make test`) adds one item after notebook 02's last cell: nbval's own comparison
+(sanitised, as for every cell) of what each cell of 02 printed in this run against a copy of the committed outputs
+with three of them changed the way a regression would change them (tests/test_nbval_strict.py: `perturb`) must fail
+on exactly those three cells and pass on every other one. So the check that outputs are printed robustly, yet a real
+change still fails, costs no second run of the notebook.
 """
 
 from __future__ import annotations
@@ -32,11 +39,66 @@ def pytest_addoption(parser):
         action="store_true",
         help="with --nbval: also run each notebook's exercise stubs and its Try-it-yourself prompts in its kernel",
     )
+    parser.addoption(
+        "--nbval-strictness",
+        action="store_true",
+        help="with --nbval: check that nbval fails on exactly three perturbed outputs of notebook 02 (no second run)",
+    )
+
+
+class NbvalStrictness(pytest.Item):
+    """nbval's comparison of this run's outputs of one notebook against its committed outputs with a few of them
+    perturbed: must fail on exactly the perturbed cells."""
+
+    def __init__(self, *, cells, **kwargs):
+        super().__init__(**kwargs)
+        self.cells = cells  # nbval's items of the notebook's code cells, in order
+
+    def runtest(self):
+        import nbformat
+        from nbval.plugin import coalesce_streams
+        from test_nbval_strict import perturb
+
+        nb = json.loads(Path(str(self.fspath)).read_text())
+        changed = perturb(nb)
+        code = [
+            c for c in nbformat.reads(json.dumps(nb), as_version=4).cells if c.cell_type == "code"
+        ]  # as nbval reads
+        compared, failed = 0, []
+        for item in self.cells:
+            if not item.options["check"] or item.cell.execution_count is None:
+                continue  # nbval does not compare these either
+            if not hasattr(item, "test_outputs"):
+                raise AssertionError(f"Cell {item.cell_num} did not run before this check")
+            ref = coalesce_streams(code[item.cell_num].outputs)
+            compared += 1
+            if not item.compare_outputs(item.test_outputs, ref):
+                failed.append(item.cell_num)
+        assert failed == sorted(changed), f"nbval should fail on {changed} and only there; it failed on {failed}"
+        assert compared > 3 * len(changed), f"only {compared} cells were compared"
+
+    def reportinfo(self):
+        return self.fspath, 0, self.name
 
 
 def pytest_collection_modifyitems(session, config, items):
-    if not config.getoption("--student-and-prompts"):
-        return
+    if config.getoption("--nbval-strictness"):
+        add_strictness(items)
+    if config.getoption("--student-and-prompts"):
+        add_student_and_prompts(items)
+
+
+def add_strictness(items):
+    from nbval.plugin import IPyNbCell
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    mine = [i for i in items if isinstance(i, IPyNbCell) and Path(str(i.parent.fspath)).name.startswith("02_")]
+    if mine:
+        at = items.index(mine[-1]) + 1
+        items.insert(at, NbvalStrictness.from_parent(mine[-1].parent, name="nbval strictness", cells=mine))
+
+
+def add_student_and_prompts(items):
     from nbval.plugin import IPyNbCell
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -71,7 +133,8 @@ def pytest_collection_modifyitems(session, config, items):
 
     out, by_file = [], defaultdict(list)
     for item in items:
-        by_file[item.parent].append(item)
+        if isinstance(item, IPyNbCell):
+            by_file[item.parent].append(item)
     for item in items:
         out.append(item)
         if not isinstance(item, IPyNbCell) or isinstance(item, CellsRun):

@@ -1,7 +1,9 @@
 """The notebooks' "Try it yourself" prompts (PROMPTS) and the plan of the re-run that tries each one
-(`prompt_cells`): apply the prompt's change to a copy of its cell, re-run from the changed cell (a prompt that only
-adds code: from the top of the section it names) to the end of that section, then the prompt's new cell. `make test`
-runs these plans in each notebook's nbval kernel, after the notebook (./conftest.py, --student-and-prompts).
+(`prompt_cells`): apply the prompt's change to a copy of its cell and re-run from the changed cell to the end of its
+section; a prompt that only adds a cell runs just that cell after the notebook, as a student does who has run the
+notebook and then types it (tests/test_prompts.py checks that nothing the new cell reads is rebound after the place
+the prompt names). `make test` runs these plans in each notebook's nbval kernel, after the notebook (./conftest.py,
+--student-and-prompts).
 
 Run as a script, it does the same for one notebook in a process of its own, with the notebook's student edition
 (tools/student.py) run top to bottom first, and writes what happened to a JSON file: errors, the outputs of each
@@ -31,7 +33,8 @@ class Prompt:
     notebook: str  # the two-digit prefix of the notebook
     number: int  # its place in the notebook's "Try it yourself" list
     mentions: str  # text the prompt shows (the change a student makes), found in the "Try it yourself" section
-    through: str | None = None  # run from the top to the end of the section whose heading starts so; None: all
+    through: str | None = None  # the section (its heading starts so) that a re-run ends with, or that a new cell
+    # follows; None: the whole body
     replace: tuple[str, str] | None = None  # (old, new) in the one code cell that contains `old`
     code: str | None = None  # a new cell run at the end of that section
     expect: str | None = None  # text that must appear in the outputs
@@ -148,7 +151,7 @@ PROMPTS = [
         "05",
         3,
         "epochs=6",
-        None,
+        "## 5.",
         replace=(GET_CONFIG_TAIL, GET_CONFIG_TAIL + " epochs=6,"),
         expect="72 steps",
     ),
@@ -243,30 +246,23 @@ def _cells_through(cells: list[dict], through: str | None) -> list[dict]:
     return cells[: next((i for i, c in enumerate(cells) if i > start and _heading(c, "## ")), len(cells))]
 
 
-def section_start(cells: list[dict], through: str | None) -> int:
-    """Index of the heading cell of the section whose heading starts with `through` (None: the end of the body)."""
-    if through is None:
-        return len(_cells_through(cells, None))
-    return next(i for i, c in enumerate(cells) if _heading(c, through))
-
-
 def prompt_cells(cells: list[dict], prompt: Prompt) -> tuple[int, list[dict]]:
-    """(index of the first re-run cell, the cells a student re-runs for `prompt`: the changed cell or the top of the
-    named section through the end of that section, with the change applied, then the prompt's new cell)."""
+    """(where the plan starts, the cells a student runs for `prompt`): for a change, the changed cell through the end
+    of the named section, with the change applied, then the prompt's new cell if it has one; for a new cell only,
+    that cell, placed at the end of the named section."""
     body = _cells_through(cells, prompt.through)
-    start = section_start(cells, prompt.through)
-    changed = None
+    rerun = []
     if prompt.replace:
         old, new = prompt.replace
-        (changed,) = [i for i, c in enumerate(body) if c["cell_type"] == "code" and old in _text(c)]
-        start = changed
-    rerun = []
-    for i in range(start, len(body)):
-        cell = json.loads(json.dumps(body[i]))
-        if cell["cell_type"] == "code":
-            cell["outputs"], cell["execution_count"] = [], None
-        cell["source"] = _text(cell).replace(*prompt.replace) if i == changed else _text(cell)
-        rerun.append(cell)
+        (start,) = [i for i, c in enumerate(body) if c["cell_type"] == "code" and old in _text(c)]
+        for i in range(start, len(body)):
+            cell = json.loads(json.dumps(body[i]))
+            if cell["cell_type"] == "code":
+                cell["outputs"], cell["execution_count"] = [], None
+            cell["source"] = _text(cell).replace(old, new) if i == start else _text(cell)
+            rerun.append(cell)
+    else:
+        start = len(body)
     if prompt.code:
         rerun.append(
             {"cell_type": "code", "metadata": {}, "source": prompt.code, "outputs": [], "execution_count": None}

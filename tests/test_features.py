@@ -7,6 +7,7 @@ import torch
 from tiny_data import TinySet
 
 from hpnb import HpnbError
+from hpnb.data import Picked
 from hpnb.features import extract_features, load_features
 
 
@@ -45,6 +46,17 @@ def test_different_data_gets_a_different_cache_file(random_backbone, tmp_cache):
     b = extract_features(random_backbone, TinySet(seed=1), progress=False)
     c = extract_features(random_backbone, TinySet(seed=0), progress=False, attention=False)
     assert len({a.path, b.path, c.path}) == 3 and c.attn is None
+
+
+def test_picked_items_have_their_own_cache_and_the_same_features(random_backbone, tmp_cache):
+    full = extract_features(random_backbone, TinySet(n=5), progress=False)
+    first = extract_features(random_backbone, Picked(TinySet(n=5), [0, 3]), progress=False)
+    second = extract_features(random_backbone, Picked(TinySet(n=5), [0, 4]), progress=False)  # same size and first
+    assert len({full.path, first.path, second.path}) == 3
+    assert first.names == ["tiny_0", "tiny_3"] and second.names == ["tiny_0", "tiny_4"]
+    assert torch.equal(first.feats, full.feats[[0, 3]]) and torch.equal(second.feats, full.feats[[0, 4]])
+    with pytest.raises(HpnbError, match=r"expected indices in \[0, 5\).*\[5\]"):
+        Picked(TinySet(n=5), [1, 5])
 
 
 def test_corrupt_cache_file_names_the_file(tmp_path):
@@ -91,11 +103,12 @@ def _features_in_subprocess(tmp_path, name, precision, env):
 
 
 def test_float64_caches_are_bit_identical_across_cpu_instruction_sets_and_threads(tmp_path):
-    """What another CPU model does to the kernels, emulated: AVX2-only vectorised ATen and MKL kernels, 1 thread."""
+    """What another CPU model does to the kernels, emulated: AVX2-only vectorised ATen and MKL kernels, 1 thread
+    (against the native kernels on 2 threads)."""
     other_cpu = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OMP_NUM_THREADS": "1"}
     native, emulated = (
         _features_in_subprocess(tmp_path, f"f64_{k}", "float64", env)
-        for k, env in (("native", {}), ("other", other_cpu))
+        for k, env in (("native", {"OMP_NUM_THREADS": "2"}), ("other", other_cpu))  # 2 threads, whatever the caller's
     )
     assert torch.equal(native["feats"], emulated["feats"]) and torch.equal(native["attn"], emulated["attn"])
     if torch.backends.cpu.get_cpu_capability() == "AVX512":  # the emulation really changes the kernels here:

@@ -1,7 +1,8 @@
 """Every "Try it yourself" prompt of the notebooks is tested as written: `make test`'s nbval run (with
 --student-and-prompts, ./conftest.py) applies each prompt's change to a copy of its cell in the notebook's own kernel
-after the notebook has run, re-runs from the changed cell (or the top of the named section) to the end of that
-section, then the prompt's new cell, and fails on any error or when the promised text is missing. The prompts and
+after the notebook has run, re-runs from the changed cell to the end of that cell's section (then the prompt's new
+cell, if any; a prompt that only adds a cell runs that cell), and fails on any error or when the promised text is
+missing. The prompts and
 the plan of each re-run live in tests/notebook_session.py; these tests check that plan and that each prompt's text
 still shows the change that is applied:
     pytest --nbval --nbval-current-env --student-and-prompts notebooks/01_preliminaries.ipynb   # one notebook
@@ -9,6 +10,7 @@ still shows the change that is applied:
 
 from __future__ import annotations
 
+import ast
 import json
 
 import pytest
@@ -48,8 +50,53 @@ def test_a_prompt_reruns_from_its_changed_cell_to_the_end_of_its_section(prompt)
     assert start + len(rerun) - bool(prompt.code) == end
     if prompt.replace:
         assert prompt.replace[0] in _text(cells[start]) and prompt.replace[1] in rerun[0]["source"]
-    else:
-        assert start == section and rerun[-1]["source"] == prompt.code
+    else:  # a new cell only: just that cell, where the prompt puts it
+        assert start == end and [c["source"] for c in rerun] == [prompt.code]
+
+
+def _bound_and_read(source: str) -> tuple[set[str], set[str], dict[str, set[str]]]:
+    """(names a cell binds at top level, names it reads, {function it defines: the names that function reads})."""
+    tree = ast.parse("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))))
+    bound, read, functions = set(), set(), {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            bound.add(node.name)
+            local = {a.arg for a in ast.walk(node) if isinstance(a, ast.arg)}
+            local |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+            functions[node.name] = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} - local  # its globals
+            continue
+        for n in ast.walk(node):
+            if isinstance(n, ast.Name):
+                (bound if isinstance(n.ctx, ast.Store) else read).add(n.id)
+            elif isinstance(n, ast.alias):
+                bound.add((n.asname or n.name).split(".")[0])
+    return bound, read, functions
+
+
+@pytest.mark.parametrize("prompt", [p for p in PROMPTS if not p.replace], ids=prompt_id)
+def test_a_new_cell_run_after_the_notebook_sees_what_it_would_see_where_the_prompt_puts_it(prompt):
+    """A prompt that only adds a cell runs that cell once the notebook has run (no re-run). That is the state at the
+    place the prompt names as long as no later cell rebinds a name the new cell reads, directly or through a
+    function the notebook defines: checked here for every such prompt."""
+    cells = json.loads(_notebook(prompt.notebook).read_text())["cells"]
+    place, _ = prompt_cells(cells, prompt)
+    functions, later = {}, set()
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] == "code":
+            bound, _, defined = _bound_and_read(_text(cell))
+            functions.update(defined)
+            if i >= place:
+                later |= bound
+    _, needed, _ = _bound_and_read(prompt.code)
+    todo = list(needed)
+    while todo:  # the globals of the notebook's functions that the new cell calls, and of those they call
+        for name in functions.get(todo.pop(), ()):
+            if name not in needed:
+                needed.add(name)
+                todo.append(name)
+    own, _, _ = _bound_and_read(prompt.code)
+    rebound = sorted((needed - own) & later)
+    assert not rebound, f"cells after the place of {prompt_id(prompt)!r} rebind {rebound}: re-run its section first"
 
 
 @pytest.mark.slow

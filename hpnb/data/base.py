@@ -8,6 +8,7 @@ Every dataset item is a dict {"image": (3,res,res) float ImageNet-normalised, "l
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -315,3 +316,33 @@ class SegDataset(torch.utils.data.Dataset):
         image, label = self.raw(i)
         x, y = self.transform(image, label)
         return {"image": x, "label": y, "name": self.samples[i][0], "index": int(i)}
+
+
+class Picked(torch.utils.data.Dataset):
+    """Items `indices` of `dataset`, in that order: e.g. the few frames a figure uses out of a long split, so that
+    only their features are computed. It has a feature cache of its own (`hpnb.features.dataset_key`): the indices
+    are part of its key, and its dataset's split, root and transform carry over."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, [int(i) for i in indices]
+        bad = [i for i in self.indices if not 0 <= i < len(dataset)]
+        if bad or not self.indices:
+            raise DatasetError(
+                f"Picked: expected indices in [0, {len(dataset)}) of {dataset!r}, "
+                f"found {bad[:5] if bad else 'none at all'}"
+            )
+        for attr in ("split", "root", "transform", "classes"):
+            if hasattr(dataset, attr):
+                setattr(self, attr, getattr(dataset, attr))
+        self.cache_name = f"{getattr(dataset, 'cache_name', type(dataset).__name__)}-picked"
+        digest = hashlib.sha1(",".join(map(str, self.indices)).encode()).hexdigest()[:12]
+        self.cache_extra = f"{getattr(dataset, 'cache_extra', '')} picked {len(self.indices)}: {digest}"
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.dataset[self.indices[i]]
+
+    def __repr__(self) -> str:
+        return f"Picked({self.dataset!r}, {len(self.indices)} items)"
