@@ -56,21 +56,32 @@ format: $(STAMP)
 # The committed notebook outputs are CPU runs: the suite pins the CPU (hpnb.utils.pick_device reads HPNB_DEVICE), so a
 # machine with a GPU checks the same numbers. `make lab` does not pin it: on a GPU machine the notebooks use the GPU.
 test: export HPNB_DEVICE = cpu
-# The unit tests run beside nbval, on one thread (OMP_NUM_THREADS=1; their output goes to build/unit_tests.log and is
-# printed when nbval ends): nbval's kernels leave about a quarter of 2 cores idle, which the unit tests fill. nbval
-# runs the notebooks, each in one kernel that also runs its exercises as the student edition has them and its
-# Try-it-yourself prompts (--student-and-prompts) and, for notebook 02, checks that nbval fails on exactly three
-# perturbed outputs (--nbval-strictness; ./conftest.py). Then the tests that need the notebooks' caches and runs
-# warm (the browser test, when Chromium is there). Each pytest run names its slowest tests.
+# Three pytest runs, two at a time: nbval runs the notebooks, each in one kernel that also runs its exercises as the
+# student edition has them and its Try-it-yourself prompts (--student-and-prompts) and, for notebook 02, checks that
+# nbval fails on exactly three perturbed outputs (--nbval-strictness; ./conftest.py). Beside it, one after the other:
+# the unit tests on one thread (OMP_NUM_THREADS=1: nbval's kernels leave about a quarter of 2 cores idle), then the
+# tests that need a notebook's caches and runs warm (the browser test, when Chromium is there), each notebook once nbval
+# has run it (--nbval-progress marks it; the Makefile marks nbval's end). Their output goes to build/*.log and is
+# printed when all have ended. Each pytest run names its slowest tests.
+PROGRESS := build/nbval-progress
 test: $(STAMP) lint
-	@mkdir -p build
-	@echo "unit tests: running beside nbval, one thread, output in build/unit_tests.log (printed when nbval ends)"
-	@OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=15 -m "not after_notebooks" tests >build/unit_tests.log 2>&1 & \
-	unit=$$!; \
-	$(PY) -m pytest -q -rs --durations=25 $(NBVAL) --student-and-prompts --nbval-strictness notebooks; nbval=$$?; \
-	wait $$unit; status=$$?; echo "--- unit tests (exit $$status), run beside nbval:"; cat build/unit_tests.log; \
-	test $$nbval = 0 && test $$status = 0
-	$(PY) -m pytest -q -rs --durations=5 -m after_notebooks tests
+	@mkdir -p build && rm -rf $(PROGRESS)
+	@echo "beside nbval: the unit tests (one thread), then the browser test; output in build/unit_tests.log and \
+	build/after_notebooks.log, printed at the end"
+	@( OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=15 -m "not after_notebooks" tests >build/unit_tests.log 2>&1; \
+	echo $$? >build/unit_tests.rc; \
+	HPNB_NBVAL_PROGRESS=$(PROGRESS) $(PY) -m pytest -q -rs --durations=5 -m after_notebooks tests \
+	>build/after_notebooks.log 2>&1; echo $$? >build/after_notebooks.rc ) & \
+	side=$$!; \
+	$(PY) -m pytest -q -rs --durations=25 $(NBVAL) --student-and-prompts --nbval-strictness \
+	--nbval-progress $(PROGRESS) notebooks; nbval=$$?; \
+	mkdir -p $(PROGRESS) && touch $(PROGRESS)/finished; wait $$side; \
+	unit=$$(cat build/unit_tests.rc); after=$$(cat build/after_notebooks.rc); \
+	echo "--- unit tests (exit $$unit), run beside nbval:"; cat build/unit_tests.log; \
+	echo "--- tests after the notebooks (exit $$after), run beside nbval once the unit tests ended:"; \
+	cat build/after_notebooks.log; \
+	echo "make test: nbval exit $$nbval, unit tests exit $$unit, after the notebooks exit $$after"; \
+	test $$nbval = 0 && test $$unit = 0 && test $$after = 0
 
 # browser-test: every notebook with widgets in JupyterLab, in headless Chromium (Playwright); needs `apt-get install
 # chromium`. `make test` runs it too when Chromium is there, and says in one line how to get it when it is not.

@@ -13,6 +13,10 @@ notebook's kernel:
   further down run first, so new cells see the state of the run as committed.
 One kernel per notebook does all of it: no second run of any notebook.
 
+`--nbval-progress DIR` (also in `make test`) touches DIR/<notebook>.ipynb once the last item of that notebook has run,
+so the browser test, which `make test` starts beside nbval once the unit tests are done, opens each notebook only
+when nbval has warmed its caches (tests/notebook_session.py: `wait_until_nbval_ran`).
+
 `--nbval-strictness` (also in `make test`) adds one item after notebook 02's last cell: nbval's own comparison
 (sanitised, as for every cell) of what each cell of 02 printed in this run against a copy of the committed outputs
 with three of them changed the way a regression would change them (tests/test_nbval_strict.py: `perturb`) must fail
@@ -38,6 +42,12 @@ def pytest_addoption(parser):
         "--student-and-prompts",
         action="store_true",
         help="with --nbval: also run each notebook's exercise stubs and its Try-it-yourself prompts in its kernel",
+    )
+    parser.addoption(
+        "--nbval-progress",
+        metavar="DIR",
+        help="with --nbval: touch DIR/<notebook> when the last item of that notebook has run (the browser test, "
+        "started beside nbval by `make test`, waits for it)",
     )
     parser.addoption(
         "--nbval-strictness",
@@ -185,6 +195,14 @@ def pytest_collection_finish(session):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     yield
+    progress = item.config.getoption("--nbval-progress")
+    if (
+        progress
+        and str(item.parent.fspath).endswith(".ipynb")
+        and (nextitem is None or nextitem.parent is not item.parent)
+    ):
+        Path(progress).mkdir(parents=True, exist_ok=True)  # the notebook's items are done: its caches and runs exist
+        (Path(progress) / Path(str(item.parent.fspath)).name).touch()
     for key, who in (("pytest", resource.RUSAGE_SELF), ("child", resource.RUSAGE_CHILDREN)):
         rss = resource.getrusage(who).ru_maxrss  # never decreases: a rise happened during this test
         if rss > PEAKS[key][0]:

@@ -28,6 +28,24 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 
 
+NBVAL_PROGRESS = "HPNB_NBVAL_PROGRESS"  # the folder where nbval's run marks each notebook done (--nbval-progress)
+
+
+def wait_until_nbval_ran(name: str, poll_s: float = 2.0, timeout_s: float = 3600.0) -> float:
+    """When $HPNB_NBVAL_PROGRESS names a folder (`make test`: a test that runs beside nbval and needs a notebook's
+    caches warm), wait until nbval has run notebook `name` (its marker) or has ended (the file `finished`, written by
+    the Makefile whatever nbval's status); returns the seconds waited. Without the variable: 0, no wait."""
+    folder = os.environ.get(NBVAL_PROGRESS)
+    if not folder:
+        return 0.0
+    start = time.perf_counter()
+    while not (Path(folder) / name).exists() and not (Path(folder) / "finished").exists():
+        if time.perf_counter() - start > timeout_s:
+            raise TimeoutError(f"nbval did not run {name} within {timeout_s:g} s (no marker in {folder})")
+        time.sleep(poll_s)
+    return time.perf_counter() - start
+
+
 @dataclass(frozen=True)
 class Prompt:
     notebook: str  # the two-digit prefix of the notebook
