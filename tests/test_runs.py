@@ -6,6 +6,7 @@ import os
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -206,6 +207,20 @@ def test_a_damaged_checkpoint_names_the_file_and_what_to_do(tmp_path, damage):
     (run / BEST).write_bytes(data)
     with pytest.raises(HpnbError, match=r"best\.pt is damaged.*--checkpoint last"):
         load_run(run)
+
+
+def test_any_random_bytes_as_a_checkpoint_are_named_damaged(tmp_path):
+    """torch's weights-only unpickler raises a different exception type depending on the bytes (IndexError,
+    KeyError, EOFError, ...): each of 300 seeded random files is the same clear error."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / CHECKPOINT
+    seen = set()
+    for size in rng.integers(1, 2000, size=300):
+        path.write_bytes(rng.integers(0, 256, size=size, dtype=np.uint8).tobytes())
+        with pytest.raises(HpnbError, match=r"checkpoint\.pt is damaged: torch cannot read it") as err:
+            read_state(path)
+        seen.add(type(err.value.__cause__).__name__)
+    assert len(seen) >= 2, seen  # the bytes did reach more than one failure path of torch's reader
 
 
 # ---- fault 7: no best.pt is said, never silently replaced -------------------------------------------------------
