@@ -56,12 +56,18 @@ format: $(STAMP)
 # The committed notebook outputs are CPU runs: the suite pins the CPU (hpnb.utils.pick_device reads HPNB_DEVICE), so a
 # machine with a GPU checks the same numbers. `make lab` does not pin it: on a GPU machine the notebooks use the GPU.
 test: export HPNB_DEVICE = cpu
+# OpenMP threads sleep at a barrier instead of spinning: two processes share the 2 cores here, and a spinning thread
+# takes the core its process's preempted thread needs (beside a 1-thread process a 2-thread backbone run is ~30 %
+# faster so, and alone no slower: benchmarks/results_omp_oversubscription.txt). Results are the same either way.
+test: export OMP_WAIT_POLICY = PASSIVE
 # Three pytest runs, two at a time: nbval runs the notebooks, each in one kernel that also runs its exercises as the
 # student edition has them and its Try-it-yourself prompts (--student-and-prompts) and, for notebook 02, checks that
 # nbval fails on exactly three perturbed outputs (--nbval-strictness; ./conftest.py). Beside it, one after the other:
-# the unit tests on one thread (OMP_NUM_THREADS=1: nbval's kernels leave about a quarter of 2 cores idle), then the
-# tests that need a notebook's caches and runs warm (the browser test, when Chromium is there), each notebook once nbval
-# has run it (--nbval-progress marks it; the Makefile marks nbval's end). Their output goes to build/*.log and is
+# the unit tests, then the tests that need a notebook's caches and runs warm (the browser test, when Chromium is
+# there), each notebook once nbval has run it (--nbval-progress marks it; the Makefile marks nbval's end). Both on one
+# thread (OMP_NUM_THREADS=1, inherited by the browser's kernels): nbval's kernels leave about a quarter of 2 cores
+# idle, which they fill, while a second 2-thread process would make both fight over the cores (nbval's kernel ~2× slower:
+# benchmarks/results_omp_oversubscription.txt). Their output goes to build/*.log and is
 # printed when all have ended. Each pytest run names its slowest tests.
 PROGRESS := build/nbval-progress
 test: $(STAMP) lint
@@ -70,7 +76,7 @@ test: $(STAMP) lint
 	build/after_notebooks.log, printed at the end"
 	@( OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=15 -m "not after_notebooks" tests >build/unit_tests.log 2>&1; \
 	echo $$? >build/unit_tests.rc; \
-	HPNB_NBVAL_PROGRESS=$(PROGRESS) $(PY) -m pytest -q -rs --durations=5 -m after_notebooks tests \
+	OMP_NUM_THREADS=1 HPNB_NBVAL_PROGRESS=$(PROGRESS) $(PY) -m pytest -q -rs --durations=5 -m after_notebooks tests \
 	>build/after_notebooks.log 2>&1; echo $$? >build/after_notebooks.rc ) & \
 	side=$$!; \
 	$(PY) -m pytest -q -rs --durations=25 $(NBVAL) --student-and-prompts --nbval-strictness \
