@@ -129,7 +129,9 @@ _ALL_RUN = f"""() => {{
   const code = w.content.widgets.filter(c => c.model.type === 'code');
   const busy = code.some(c => (c.node.querySelector('.jp-InputArea-prompt') || {{}}).textContent?.includes('*'));
   const k = w.sessionContext.session && w.sessionContext.session.kernel;
-  return !busy && !!k && k.status === 'idle' && code.every(c => c.model.executionCount !== null);
+  // Run All stops at a cell that raises: then the rest never runs, and the summary names the error
+  const failed = code.some(c => c.model.outputs.toJSON().some(o => o.output_type === 'error'));
+  return !busy && !!k && k.status === 'idle' && (failed || code.every(c => c.model.executionCount !== null));
 }}"""
 _SUMMARY = f"""() => {{
   const w = {_PANEL};

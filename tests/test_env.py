@@ -177,6 +177,21 @@ def test_ci_runs_the_readme_test_command():
     assert "make demo" in readme and "make test" in readme
 
 
+def _git(*args: str) -> list[str]:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+def test_nothing_generated_or_linked_is_committed():
+    """A data/cache symlink to a developer's folder once got committed (`data/cache/` in .gitignore does not match a
+    link): every clone then failed to create the cache. No tracked file may match .gitignore or be a symlink."""
+    ignored = _git("ls-files", "--cached", "--ignored", "--exclude-standard")
+    links = [line.split("\t", 1)[1] for line in _git("ls-files", "--stage") if line.startswith("120000")]
+    assert ignored == [], f"tracked files that .gitignore ignores (git rm --cached them): {ignored}"
+    assert links == [], f"tracked symlinks (they point into one machine's folders; git rm --cached them): {links}"
+
+
 def test_import_hpnb_does_not_need_optional_packages():
     import subprocess
     import sys
