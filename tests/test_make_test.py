@@ -76,3 +76,31 @@ def test_make_test_marks_nbvals_end_whatever_its_status():
     assert recipe.index("touch $(PROGRESS)/finished") > nbval_ends
     assert "--nbval-progress $(PROGRESS)" in recipe and f"{NBVAL_PROGRESS}=$(PROGRESS)" in recipe
     assert recipe.index("rm -rf $(PROGRESS)") < recipe.index(") &")  # old markers go before anything starts
+
+
+def test_the_after_notebooks_run_passes_with_one_skip_line_when_chromium_is_missing(tmp_path):
+    """Without Chromium the browser test is skipped, not uncollected: pytest's exit 5 ("no tests ran") would fail
+    `make test` on every machine without a browser."""
+    env = {**os.environ, "PATH": str(tmp_path)}  # no chromium on this PATH; pytest runs by the absolute interpreter
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "after_notebooks",
+            "tests/test_browser.py",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+    skips = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert len(skips) == 1 and "apt-get install chromium" in skips[0], done.stdout[-2000:]
