@@ -281,3 +281,19 @@ def test_an_exercise_cell_only_defines_its_function_and_checks_it(cell):
         assert len(defs) == 1 and len(calls) == 1 and len(defs) + len(calls) + len(imports) == len(body), source
         call = calls[0].value
         assert ast.unparse(call.func) == "hpnb.check.check" and ast.unparse(call.args[1]) == defs[0].name, source
+
+
+def test_the_student_tool_has_a_help_and_refuses_bad_folders(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a --help read as a folder name would be created here
+    with pytest.raises(SystemExit) as exit_help:
+        student.main(["--help"])
+    assert exit_help.value.code == 0 and "student edition" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SystemExit) as empty:
+        student.main([str(tmp_path), str(tmp_path / "out")])
+    assert empty.value.code == 2 and "holds no notebooks" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as same:
+        student.main([str(ROOT / "notebooks"), str(ROOT / "notebooks")])
+    assert same.value.code == 2 and "would replace the solutions" in capsys.readouterr().err
+    assert student.main([str(ROOT / "notebooks"), str(tmp_path / "out")]) == 0
+    assert "exercises stubbed" in capsys.readouterr().out and any((tmp_path / "out").glob("0*.ipynb"))

@@ -10,6 +10,7 @@ The notebooks in notebooks/ are the one source of truth (they hold the solutions
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import sys
@@ -63,13 +64,32 @@ def build(src: Path, out: Path) -> list[Path]:
 
 def main(argv: list[str]) -> int:
     root = Path(__file__).resolve().parents[1]
-    src = Path(argv[0]) if argv else root / "notebooks"
-    out = Path(argv[1]) if len(argv) > 1 else root / "build" / "student"
-    paths = build(src, out)
+    parser = argparse.ArgumentParser(
+        prog="python tools/student.py",
+        description="Write the student edition of the notebooks: exercise solutions stubbed, their outputs cleared.",
+    )
+    parser.add_argument(
+        "src", nargs="?", type=Path, default=root / "notebooks", help="notebooks to read (default: notebooks/)"
+    )
+    parser.add_argument(
+        "out",
+        nargs="?",
+        type=Path,
+        default=root / "build" / "student",
+        help="folder to write (default: build/student/)",
+    )
+    args = parser.parse_args(argv)
+    if not args.src.is_dir() or not any(args.src.glob("0*.ipynb")):
+        parser.error(f"{args.src} holds no notebooks (0*.ipynb); expected the series' folder, e.g. notebooks/")
+    if args.out.resolve() == args.src.resolve():
+        parser.error(
+            f"the output folder {args.out} is the source folder: the student edition would replace the solutions"
+        )
+    paths = build(args.src, args.out)
     n = sum(
         "exercise" in c.get("metadata", {}).get("tags", []) for p in paths for c in json.loads(p.read_text())["cells"]
     )
-    print(f"student edition: {len(paths)} notebooks, {n} exercises stubbed -> {out}")
+    print(f"student edition: {len(paths)} notebooks, {n} exercises stubbed -> {args.out}")
     return 0
 
 
