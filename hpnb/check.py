@@ -98,6 +98,50 @@ def _mix_inputs(g):
     return torch.randn(_size(g, 2, 12), h, w, generator=g), weights, valid.sum(-1).float()
 
 
+def _phi_code_form(
+    z: torch.Tensor,
+    f: torch.Tensor,
+    s: torch.Tensor,
+    c_ag: torch.Tensor,
+    c_sp: torch.Tensor,
+    neg: torch.Tensor,
+    lam: float,
+    tau: float,
+) -> torch.Tensor:
+    """Written out term by term, as a student would; tests/test_check.py checks it against hpnb.losses.hp_loss."""
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+
+    def positives(x, c):  # Eq. 3 / Eq. 4: symmetric, the anchor never its own positive
+        sim = x @ x.T
+        return ((sim > c[:, None]) | (sim > c[None, :])) & ~eye
+
+    p_ag, p_sp = positives(f, c_ag), positives(s, c_sp)
+    kept = p_ag.any(1, keepdim=True)
+    w = (p_ag & kept).float() + lam * (p_sp & kept).float()
+    denominator = (p_ag | neg) & ~eye
+    logits = z @ z.T / tau
+    log_p = logits - logits.masked_fill(~denominator, float("-inf")).logsumexp(1, keepdim=True)
+    log_p = torch.where(w > 0, log_p, torch.zeros_like(log_p))
+    return -(tau / 0.07) * (w * log_p).sum() / w.sum()
+
+
+def _phi_inputs(g):
+    """One image of n patches in a few groups (so that hidden positives exist), criteria against small random pools."""
+    n, k, c, groups = _size(g, 12, 30), _size(g, 6, 12), _size(g, 8, 16), _size(g, 2, 4)
+    member = torch.randint(groups, (n,), generator=g)
+
+    def clustered(dim):
+        centres = torch.randn(groups, dim, generator=g)
+        return F.normalize(centres[member] + 0.6 * torch.randn(n, dim, generator=g), dim=1)
+
+    f, s, z = clustered(c), clustered(k), clustered(k)
+    c_ag = (f @ _unit(g, _size(g, 3, 6), c).T).amax(1)
+    c_sp = (s @ _unit(g, _size(g, 3, 6), k).T).amax(1)
+    neg = torch.rand(n, n, generator=g) < 0.3
+    lam, tau = float(torch.rand((), generator=g)) * 0.8 + 0.1, float(torch.rand((), generator=g)) * 0.5 + 0.3
+    return z, f, s, c_ag, c_sp, neg, lam, tau
+
+
 def _lhp_weights(attn: torch.Tensor, grid: tuple[int, int], sigma: float) -> torch.Tensor:
     from hpnb.positives import attention_to_lhp
 
@@ -172,15 +216,6 @@ def _lambda_compare(found, expected, inputs) -> str | None:
         if not np.isclose(got, want, atol=1e-9):
             return f"at t={t} (total={total}, warm-up={warmup}) expected λ = {want:.4f}, found {got:.4f}"
     return None
-
-
-def _ema(ema: torch.Tensor, theta: torch.Tensor, m: float) -> torch.Tensor:
-    return m * ema + (1 - m) * theta
-
-
-def _ema_inputs(g):
-    shape = (_size(g, 2, 6), _size(g, 2, 6))
-    return torch.randn(*shape, generator=g), torch.randn(*shape, generator=g), float(torch.rand(1, generator=g)) * 0.98
 
 
 def _cluster_predict(codes: torch.Tensor, centroids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -291,6 +326,15 @@ EXERCISES: dict[str, Exercise] = {
             "no division by the denominator; neighbours read from the mirrored offset (−dy, −dx)",
         ),
         Exercise(
+            "phi_code_form",
+            "04",
+            "the code form's Φ for one image: a pair-level mean of −log p_ij weighted 1 (P_ag) and λ (P_sp), × τ/0.07",
+            _phi_code_form,
+            _phi_inputs,
+            "a mean over anchors first (Eq. 5's per-anchor mean); the task-specific positives put into the "
+            "denominator; the anchor itself in its denominator; the τ/0.07 factor forgotten; one-sided positives",
+        ),
+        Exercise(
             "lambda_schedule",
             "04",
             "λ of Eq. 11: 0 during the warm-up, then linear to 1",
@@ -299,14 +343,6 @@ EXERCISES: dict[str, Exercise] = {
             "the ramp one step ahead (t − warm-up + 1, an off-by-one); a ramp over the whole run",
             compare=_lambda_compare,
             calls=False,
-        ),
-        Exercise(
-            "ema_update",
-            "04",
-            "the momentum head, θ' ← m θ' + (1 − m) θ",
-            _ema,
-            _ema_inputs,
-            "m and 1 − m swapped (the momentum head then follows S almost at once)",
         ),
         Exercise(
             "acc_miou",

@@ -79,12 +79,16 @@ def _sym_no_diag(x, c):
 OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 
 
-def _lhp(attn, grid, sigma, clip=True, wrap=False):
+def _quantiles_linear(s):
+    return s.quantile(0.1, dim=-1, keepdim=True), s.quantile(0.9, dim=-1, keepdim=True)
+
+
+def _lhp(attn, grid, sigma, clip=True, wrap=False, quantiles=_quantiles_linear):
     """A loop version of the code-form LHP weights with switchable mistakes."""
     h, w = grid
     s = attn[1:, 1:].float()
     if clip:
-        s = s.clamp(s.quantile(0.1, dim=-1, keepdim=True), s.quantile(0.9, dim=-1, keepdim=True))
+        s = s.clamp(*quantiles(s))
     t = torch.softmax(s, dim=-1) * sigma
     out = torch.zeros(h * w, 9)
     for i in range(h * w):
@@ -137,6 +141,30 @@ def _one_sided_with_anchor(x, c):
     return x @ x.T > c[:, None]
 
 
+def _phi(z, f, s, c_ag, c_sp, neg, lam, tau, per_anchor=False, sp_in_denom=False, self_in=False, scale=True, sym=True):
+    """The code-form Φ of one image with switchable mistakes."""
+    eye = torch.eye(len(z), dtype=torch.bool)
+
+    def positives(x, c):
+        sim = x @ x.T
+        return ((sim > c[:, None]) | (sim > c[None, :]) if sym else sim > c[:, None]) & ~eye
+
+    p_ag, p_sp = positives(f, c_ag), positives(s, c_sp)
+    kept = p_ag.any(1, keepdim=True)
+    w = (p_ag & kept).float() + lam * (p_sp & kept).float()
+    d = p_ag | neg | (p_sp if sp_in_denom else False)
+    d = d if self_in else d & ~eye
+    logits = z @ z.T / tau
+    log_p = logits - logits.masked_fill(~d, float("-inf")).logsumexp(1, keepdim=True)
+    terms = torch.where(w > 0, w * log_p, torch.zeros_like(log_p))
+    if per_anchor:
+        rows = w.sum(1) > 0
+        loss = -(terms.sum(1)[rows] / w.sum(1)[rows]).mean()
+    else:
+        loss = -terms.sum() / w.sum()
+    return loss * (tau / 0.07 if scale else 1.0)
+
+
 WRONG = {  # the mistakes each exercise's `catches` names, one function each: every one must fail its check
     "cosine_map": [
         lambda f, a: torch.einsum("c,chw->hw", f[:, a[0], a[1]], f),  # no normalisation
@@ -164,7 +192,13 @@ WRONG = {  # the mistakes each exercise's `catches` names, one function each: ev
         lambda t, T, w: 0.0 if t <= w else min(1.0, (t - w + 1) / (T - w)),  # off by one
         lambda t, T, w: t / T,  # a ramp over the whole run
     ],
-    "ema_update": [lambda e, t, m: (1 - m) * e + m * t],
+    "phi_code_form": [
+        lambda *a: _phi(*a, per_anchor=True),  # Eq. 5's mean per anchor first
+        lambda *a: _phi(*a, sp_in_denom=True),  # the task-specific positives in the denominator
+        lambda *a: _phi(*a, self_in=True),  # the anchor in its own denominator
+        lambda *a: _phi(*a, scale=False),  # no τ/0.07
+        lambda *a: _phi(*a, sym=False),  # one-sided positives
+    ],
     "acc_miou": [
         lambda c: (100 * np.trace(c) / c.sum(), 100 * np.mean(np.diag(c) / c.sum(1))),  # no FN term
         lambda c: (np.trace(c) / c.sum(), np.mean(np.diag(c) / (c.sum(0) + c.sum(1) - np.diag(c)))),  # fractions
@@ -206,6 +240,51 @@ def test_the_check_fails_on_plausible_wrong_answers(name, capsys):
         assert not passes(name, wrong, verbose=True), f"{name}: a wrong answer passed"
         out = capsys.readouterr().out
         assert out.startswith(f"[FAIL] {name}") and ("expected" in out or "raised" in out), out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_phi_exercise_is_what_hp_loss_computes(seed):
+    """The exercise's reference is written out by hand; the code form of hp_loss (B = 1) must give the same Φ."""
+    from hpnb.check import _phi_inputs
+    from hpnb.losses import LossConfig, LossInputs, hp_loss
+
+    z, f, s, c_ag, c_sp, neg, lam, tau = _phi_inputs(torch.Generator().manual_seed(seed))
+    one = LossInputs(z=z[None], f=f[None], c_ag=c_ag[None], s_ema=s[None], c_sp=c_sp[None])
+    packaged = hp_loss(one, LossConfig(form="code", tau=tau, use_lhp=False, use_reg=False), lam=lam, neg_mask=neg)
+    by_hand = reference("phi_code_form")(z, f, s, c_ag, c_sp, neg, lam, tau)
+    assert torch.isclose(by_hand, packaged.phi, rtol=1e-5), (by_hand, packaged.phi)
+
+
+def test_the_mistake_free_loop_version_of_phi_is_the_reference():
+    """The WRONG versions of phi_code_form differ from a right one by one switch each: with none, it passes."""
+    assert passes("phi_code_form", _phi)
+
+
+def _quantiles_numpy(method):
+    def quantiles(s):
+        lo, hi = np.percentile(s.numpy(), [10, 90], axis=-1, method=method, keepdims=True)
+        return torch.from_numpy(lo).float(), torch.from_numpy(hi).float()
+
+    return quantiles
+
+
+def _quantiles_kthvalue(s):
+    n = s.shape[-1]
+    lo = s.kthvalue(max(1, round(0.1 * n)), dim=-1, keepdim=True).values
+    return lo, s.kthvalue(max(1, round(0.9 * n)), dim=-1, keepdim=True).values
+
+
+def test_exercise_3_1_states_the_interpolation_its_check_accepts():
+    """3.1 says: linear interpolation (torch.quantile's and np.percentile's default) passes, nearest or kthvalue fail."""
+    statement = next(
+        "".join(c["source"])
+        for c in json.loads((ROOT / "notebooks" / "03_local_hidden_positives.ipynb").read_text())["cells"]
+        if "".join(c["source"]).startswith("### Exercise 3.1")
+    )
+    assert "interpolate linearly" in statement and "kthvalue" in statement and 'method="nearest"' in statement
+    assert passes("lhp_weights", lambda a, g, s: _lhp(a, g, s, quantiles=_quantiles_numpy("linear")))
+    assert not passes("lhp_weights", lambda a, g, s: _lhp(a, g, s, quantiles=_quantiles_numpy("nearest")))
+    assert not passes("lhp_weights", lambda a, g, s: _lhp(a, g, s, quantiles=_quantiles_kthvalue))
 
 
 def test_difference_names_shape_dtype_and_first_differing_entry():
