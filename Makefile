@@ -17,7 +17,7 @@ CRF_FAILED := note: the optional dense CRF (pydensecrf2) did not build (it needs
 CRF_SKIPPED := note: CRF=$(CRF), so the optional dense CRF (pydensecrf2) is not installed; CRF steps are skipped. \
   $(CRF_LATER)
 
-.PHONY: setup demo test lint format lab student wheelhouse browser-test clean-cache
+.PHONY: warm setup demo test lint format lab student wheelhouse browser-test clean-cache
 
 # --no-compile: pip does not byte-compile every installed module (torch's thousands: ~30 s of the install); Python
 # compiles what is imported, once.
@@ -99,11 +99,20 @@ student:
 	$(PYTHON) tools/student.py notebooks build/student
 
 # wheelhouse: every pinned wheel (and the CRF's source) downloaded into $(WHEELHOUSE)/ on a machine with internet, for
-# an offline classroom: copy the folder over, then `make setup PIP_FLAGS="--no-index --find-links wheelhouse"`
+# an offline classroom: copy the folder over, then `make setup PIP_FLAGS="--no-index --find-links wheelhouse"`.
+# Wheels are for the platform and Python of the machine that downloads them: make one wheelhouse per platform, on a
+# machine of that platform (docs/workshop.md says why `pip download --platform` does not do it for this lock).
 wheelhouse:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip download -q -d $(WHEELHOUSE) pip==26.3 -r requirements.txt -r requirements-crf.txt setuptools wheel
 	@echo "$(WHEELHOUSE)/: $$(ls $(WHEELHOUSE) | wc -l) files"
+
+# warm: run every notebook once, top to bottom, keeping nothing but what the runs leave behind: the converted
+# backbone and the feature caches (data/cache/), the notebooks' trained runs (runs/). A student's first run of a
+# notebook then takes seconds. The notebooks themselves are not written.
+warm: $(STAMP)
+	$(PY) tools/run_notebooks.py --warm notebooks/0*.ipynb
+	@du -sh data/cache runs 2>/dev/null || true
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

@@ -104,3 +104,19 @@ def test_the_after_notebooks_run_passes_with_one_skip_line_when_chromium_is_miss
     assert done.returncode == 0, done.stdout[-2000:]
     skips = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]
     assert len(skips) == 1 and "apt-get install chromium" in skips[0], done.stdout[-2000:]
+
+
+def test_warm_runs_a_notebook_for_its_side_effects_and_writes_neither_it_nor_the_times(tmp_path):
+    """`make warm` (tools/run_notebooks.py --warm): the cell runs (its file appears), the notebook and
+    docs/notebook_times.json stay byte for byte as they were."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import run_notebooks
+
+    made = tmp_path / "made-by-the-cell.txt"
+    _notebook(tmp_path / "w.ipynb", [f"import pathlib\npathlib.Path({str(made)!r}).write_text('cached')"])
+    before = (tmp_path / "w.ipynb").read_bytes()
+    times = run_notebooks.TIMES.read_bytes() if run_notebooks.TIMES.is_file() else None
+    assert run_notebooks.main(["--warm", str(tmp_path / "w.ipynb")]) == 0
+    assert made.read_text() == "cached"
+    assert (tmp_path / "w.ipynb").read_bytes() == before
+    assert (run_notebooks.TIMES.read_bytes() if run_notebooks.TIMES.is_file() else None) == times

@@ -2,6 +2,8 @@
 
     python tools/run_notebooks.py notebooks/02_global_hidden_positives.ipynb [more.ipynb ...]
 
+    python tools/run_notebooks.py --warm notebooks/0*.ipynb     # `make warm`: run them, keep nothing but the caches
+
 Runs each notebook in a fresh kernel of the current environment with its folder as the working directory, as
 `pytest --nbval` does, and stops at the first error. Progress bars are off inside the notebooks (progress=False),
 so no stderr noise lands in the committed outputs.
@@ -41,9 +43,10 @@ def section_times(nb) -> dict[str, float]:
     return {k: round(v, 1) for k, v in times.items()}
 
 
-def run(path: Path, timeout: int = 1200) -> float:
+def run(path: Path, timeout: int = 1200, warm: bool = False) -> float:
     """Execute one notebook in place and clean it; record its section times in docs/notebook_times.json; returns
-    the wall time in seconds."""
+    the wall time in seconds. `warm`: execute only, for what the run leaves behind (the converted backbone, feature
+    caches, trained runs): the notebook and the times file are not written."""
     import os
 
     nb = nbformat.read(path, as_version=4)
@@ -52,6 +55,8 @@ def run(path: Path, timeout: int = 1200) -> float:
         nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     ).execute()
     seconds = time.perf_counter() - start
+    if warm:
+        return seconds
     record = json.loads(TIMES.read_text()) if TIMES.is_file() else {}
     record[path.name] = {
         "total_s": round(seconds, 1),
@@ -67,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
+    p.add_argument("--warm", action="store_true", help="execute only: write neither the notebooks nor their times")
     args = p.parse_args(argv)
     for path in args.paths:
-        print(f"{path.name}: {run(path, args.timeout):.0f} s", flush=True)
+        print(f"{path.name}: {run(path, args.timeout, args.warm):.0f} s", flush=True)
     return 0
 
 
