@@ -376,3 +376,20 @@ def test_the_student_tool_has_a_help_and_refuses_bad_folders(tmp_path, capsys, m
     assert same.value.code == 2 and "would replace the solutions" in capsys.readouterr().err
     assert student.main([str(ROOT / "notebooks"), str(tmp_path / "out")]) == 0
     assert "exercises stubbed" in capsys.readouterr().out and any((tmp_path / "out").glob("0*.ipynb"))
+
+
+def test_the_guides_teaching_times_are_what_the_notebooks_give_now():
+    """docs/workshop.md's teaching times and schedules come from tools/teaching_times.py; a notebook edit that changes
+    them fails here until the block is rewritten."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import teaching_times
+
+    assert teaching_times.main(["--check"]) == 0, "run: python tools/teaching_times.py"
+    est = teaching_times.estimate()
+    assert sorted(est) == sorted(p.stem for p in (ROOT / "notebooks").glob("0*.ipynb"))
+    for stem, parts in est.items():  # every section of every notebook is counted once, and the quiz is priced
+        assert [t for t, _ in parts].count("Quiz") == 1 and all(m >= 1 for _, m in parts), stem
+    guide = (ROOT / "docs" / "workshop.md").read_text()
+    for name, items in teaching_times.SCHEDULES.items():  # a schedule's total is the sum of its slots
+        total = sum(teaching_times.slot(i, est)[1] for i in items)
+        assert f"**{name}: {teaching_times._hm(total)}**" in guide, name
