@@ -389,6 +389,10 @@ def test_the_guides_teaching_times_are_what_the_notebooks_give_now():
     assert sorted(est) == sorted(p.stem for p in (ROOT / "notebooks").glob("0*.ipynb"))
     for stem, parts in est.items():  # every section of every notebook is counted once, and the quiz is priced
         assert [t for t, _ in parts].count("Quiz") == 1 and all(m >= 1 for _, m in parts), stem
+    for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):  # each notebook's first cell shows the same estimate
+        head = "".join(json.loads(path.read_text())["cells"][0]["source"])
+        total = teaching_times._hm(sum(m for _, m in est[path.stem]))
+        assert f"teaching {total} in all" in head, f"{path.name}: run python tools/section_times.py"
     guide = (ROOT / "docs" / "workshop.md").read_text()
     for name, items in teaching_times.SCHEDULES.items():  # a schedule's total is the sum of its slots
         total = sum(teaching_times.slot(i, est)[1] for i in items)

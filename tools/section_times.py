@@ -1,5 +1,6 @@
-"""Write each notebook's measured section times (docs/notebook_times.json, recorded by tools/run_notebooks.py) into
-the table between `<!-- times -->` and `<!-- /times -->` in its first cell. Markdown only: outputs are untouched.
+"""Write each notebook's section times into the table between `<!-- times -->` and `<!-- /times -->` in its first
+cell: the estimated teaching time (tools/teaching_times.py) and the measured run time (docs/notebook_times.json,
+recorded by tools/run_notebooks.py). Markdown only: outputs are untouched.
 
     python tools/section_times.py
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clean_notebooks import dumps  # noqa: E402
+from teaching_times import _hm, estimate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMES = ROOT / "docs" / "notebook_times.json"
@@ -28,15 +30,22 @@ def rounded(seconds: float) -> str:
     return f"{math.ceil(seconds / 60):.0f} min"
 
 
-def table(record: dict) -> str:
-    rows = [f"| {section} | {rounded(s)} |" for section, s in record["sections_s"].items()]
+def table(record: dict, teaching: list[tuple[str, int]]) -> str:
+    """The section table: every section in the notebook's order, its teaching minutes and its run time ('–' for a
+    section without code)."""
+    run = {("(intro)" if k == "(setup)" else k): v for k, v in record["sections_s"].items()}
+    rows = [
+        f"| {title} | {minutes} min | {rounded(run[title]) if title in run else '–'} |" for title, minutes in teaching
+    ]
     return "\n".join(
         [
-            "**Run time per section** (measured on 2 CPU cores with the feature cache warm; the first run of the "
-            f"series also computes the cache): total {rounded(record['total_s'])}.",
+            f"**Time per section**: teaching {_hm(sum(m for _, m in teaching))} in all (reading, exercises, prompts, "
+            "quiz and discussion: an estimate, docs/workshop.md gives its rates), run time "
+            f"{rounded(record['total_s'])} (measured on 2 CPU cores with the feature cache warm; the first run of "
+            "the series also computes the cache).",
             "",
-            "| section | run time |",
-            "|---|---:|",
+            "| section | teaching | run time |",
+            "|---|---:|---:|",
             *rows,
         ]
     )
@@ -44,13 +53,14 @@ def table(record: dict) -> str:
 
 def main() -> int:
     record = json.loads(TIMES.read_text())
+    teaching = estimate()
     for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
         if path.name not in record:
             print(f"{path.name}: no measured times (run tools/run_notebooks.py on it)")
             continue
         nb = json.loads(path.read_text())
         head = "".join(nb["cells"][0]["source"])
-        block = f"<!-- times -->\n{table(record[path.name])}\n<!-- /times -->"
+        block = f"<!-- times -->\n{table(record[path.name], teaching[path.stem])}\n<!-- /times -->"
         new = re.sub(r"<!-- times -->.*<!-- /times -->", lambda _, b=block: b, head, flags=re.S)
         nb["cells"][0]["source"] = new.splitlines(keepends=True)
         path.write_text(dumps(nb))

@@ -46,6 +46,7 @@ def sections(path: Path) -> list[dict]:
     for cell in json.loads(path.read_text())["cells"]:
         text = "".join(cell["source"])
         if cell["cell_type"] == "markdown":  # a cell may hold several sections: split it at its H2 headings
+            text = re.sub(r"<!-- times -->.*?<!-- /times -->", "", text, flags=re.S)  # the table these times fill
             for k, chunk in enumerate(re.split(r"^(?=## )", text, flags=re.M)):
                 if chunk.startswith("## "):
                     out.append({**dict.fromkeys(out[0], 0), "title": chunk.splitlines()[0][3:].strip()})
