@@ -60,6 +60,17 @@ def _cosine_inputs(g):
     return feats, (_size(g, 0, h - 1), _size(g, 0, w - 1))
 
 
+def _pool_rows(f_pool: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    picked = f_pool.flatten(2)[torch.arange(len(f_pool)), :, idx]  # row m: patch idx[m] of image m
+    return F.normalize(picked, dim=1)
+
+
+def _pool_rows_inputs(g):
+    m, c, h, w = _size(g, 3, 9), _size(g, 4, 12), _size(g, 2, 5), _size(g, 2, 5)
+    feats = torch.randn(m, c, h, w, generator=g) * (torch.rand(m, 1, h, w, generator=g) * 4 + 0.2)
+    return feats, torch.randint(h * w, (m,), generator=g)
+
+
 def _criterion(x: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
     from hpnb.positives import criteria
 
@@ -292,6 +303,15 @@ EXERCISES: dict[str, Exercise] = {
             "each cluster mapped to its most frequent class (two clusters may then share a class); the assignment "
             "of the transposed matrix (class -> cluster); minimising instead of maximising",
             compare=_compare_matching,
+        ),
+        Exercise(
+            "pool_rows",
+            "02",
+            "the reference pool Q^ag: one patch per image (patch idx[m] of image m), as L2-normalised rows",
+            _pool_rows,
+            _pool_rows_inputs,
+            "every image's patches at all M indices (an (M, C, M) tensor); the image's mean feature instead of one "
+            "patch; rows not normalised; the M patches taken from the first image",
         ),
         Exercise(
             "criterion",

@@ -172,6 +172,12 @@ WRONG = {  # the mistakes each exercise's `catches` names, one function each: ev
         lambda f, a: torch.einsum("c,chw->hw", F.normalize(f, dim=0)[:, a[1], a[0]], F.normalize(f, dim=0)),  # x/y
     ],
     "hungarian": [lambda conf: conf.argmax(1), _hungarian_transposed, _hungarian_minimised],
+    "pool_rows": [
+        lambda f, i: F.normalize(f.flatten(2)[:, :, i], dim=1),  # all M indices of every image
+        lambda f, i: F.normalize(f.flatten(2).mean(2), dim=1),  # the image's mean feature
+        lambda f, i: f.flatten(2)[torch.arange(len(f)), :, i],  # not normalised
+        lambda f, i: F.normalize(f.flatten(2)[0, :, i].T, dim=1),  # all from the first image
+    ],
     "criterion": [lambda x, p: (x @ p.T).mean(1), lambda x, p: (x @ p.T).amax(0)],
     "symmetric_mask": [
         lambda x, c: (x @ x.T > c[:, None]) & ~torch.eye(len(x), dtype=torch.bool),  # one-sided
@@ -253,6 +259,16 @@ def test_the_phi_exercise_is_what_hp_loss_computes(seed):
     packaged = hp_loss(one, LossConfig(form="code", tau=tau, use_lhp=False, use_reg=False), lam=lam, neg_mask=neg)
     by_hand = reference("phi_code_form")(z, f, s, c_ag, c_sp, neg, lam, tau)
     assert torch.isclose(by_hand, packaged.phi, rtol=1e-5), (by_hand, packaged.phi)
+
+
+def test_the_pool_exercise_is_how_hpnb_samples_its_pools():
+    """hpnb.positives.sample_patches_per_image draws one index per image and keeps exactly those rows."""
+    from hpnb.positives import sample_patches_per_image
+
+    f = torch.randn(7, 5, 3, 4)
+    idx = torch.randint(12, (7,), generator=torch.Generator().manual_seed(0))
+    drawn = sample_patches_per_image(f, torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, reference("pool_rows")(f, idx))
 
 
 def test_the_mistake_free_loop_version_of_phi_is_the_reference():

@@ -151,3 +151,47 @@ def test_cleaning_strips_live_only_outputs():
     cleaned = clean(nb)
     assert cleaned["cells"][0]["outputs"] == [] and cleaned["cells"][0]["execution_count"] is None
     assert cleaned["cells"][1]["outputs"] == [{"output_type": "stream"}]
+
+
+def _markdown(path: Path) -> str:
+    return "\n".join(
+        "".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown"
+    )
+
+
+def test_every_notebook_links_the_paper_the_code_the_deviations_and_the_glossary():
+    for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+        text = _markdown(path)
+        for target in ("arxiv.org/abs/2303.15014", "github.com/hynnsk/HP", "../docs/deviations.md", "#Glossary:"):
+            assert target in text, f"{path.name}: no link to {target}"
+
+
+def test_no_internal_link_of_the_notebooks_is_broken():
+    """Every relative link in a notebook's markdown names a file that exists; a link to a notebook heading names a
+    heading of that notebook (JupyterLab's anchor: the heading with spaces as '-')."""
+    for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+        for target in re.findall(r"\]\(([^)\s]+)\)", _markdown(path)):
+            if target.startswith(("http://", "https://")):
+                continue
+            file, _, anchor = target.partition("#")
+            resolved = (path.parent / file) if file else path
+            assert resolved.exists(), f"{path.name}: broken link {target}"
+            if anchor and resolved.suffix == ".ipynb":
+                headings = [h.strip().replace(" ", "-") for h in re.findall(r"^#+ (.+)$", _markdown(resolved), re.M)]
+                assert anchor in headings, f"{path.name}: {target} names no heading of {resolved.name}"
+
+
+def test_notebook_00_shows_the_14_differences_as_docs_deviations_lists_them():
+    dev = (ROOT / "docs" / "deviations.md").read_text()
+    section = dev[dev.index("## 1. The official code against the paper") : dev.index("## 2. ")]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    text = _markdown(ROOT / "notebooks" / "00_setup_and_tour.ipynb")
+    assert len(rows) == 14 and all(row in text for row in rows), "copy docs/deviations.md's first table into 00"
+
+
+def test_the_ten_line_recap_points_to_every_notebook_it_teaches_from():
+    text = _markdown(ROOT / "notebooks" / "00_setup_and_tour.ipynb")
+    recap = text[text.index("## HP in ten lines") :].split("\n## ", 1)[0]
+    assert len(re.findall(r"^\d+\. ", recap, re.M)) == 10
+    for stem in ("01_preliminaries", "02_global", "03_local", "04_training", "05_evaluation", "06_ablations"):
+        assert stem in recap, stem
