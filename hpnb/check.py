@@ -241,12 +241,6 @@ def _cluster_predict_inputs(g):
     return torch.randn(k, h, w, generator=g), torch.randn(_size(g, 2, 6), k, generator=g), (4 * h + 1, 4 * w + 3)
 
 
-def _one_sided_mask(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    from hpnb.positives import positive_block
-
-    return positive_block(x, x, c, c, 0, symmetric=False)
-
-
 def _seed_spread(values: list[float]) -> tuple[float, float]:
     import statistics
 
@@ -255,6 +249,36 @@ def _seed_spread(values: list[float]) -> tuple[float, float]:
 
 def _seed_spread_inputs(g):
     return ([float(v) for v in 50 + 5 * torch.randn(_size(g, 2, 5), generator=g)],)
+
+
+def _paired_verdict(a: list[float], b: list[float]) -> tuple[float, float, str]:
+    diffs = [x - y for x, y in zip(a, b, strict=True)]  # one difference per seed: the seeds pair the runs
+    mean = sum(diffs) / len(diffs)
+    std = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+    if abs(mean) > 2 * std and mean != 0:
+        return mean, std, "clear: above" if mean > 0 else "clear: below"
+    return mean, std, "within the seed spread"
+
+
+def _paired_inputs(g):
+    n = _size(g, 3, 5)
+    shared = torch.randn(n, generator=g) * 6  # what a seed does to both runs (data order, initialisation)
+    shift = float(torch.randn((), generator=g)) * 3
+    noise = float(torch.rand((), generator=g)) * 2 + 0.2
+    a = (40 + shared + shift + torch.randn(n, generator=g) * noise).tolist()
+    b = (40 + shared + torch.randn(n, generator=g) * noise).tolist()
+    return a, b
+
+
+def _compare_verdict(found, expected, inputs) -> str | None:
+    if not isinstance(found, tuple) or len(found) != 3:
+        return f"expected a tuple (mean, std, verdict), found {_describe(found)}"
+    for name, f, e in zip(("mean", "std"), found[:2], expected[:2], strict=True):
+        if not np.isclose(float(f), e, atol=1e-6, rtol=1e-6):
+            return f"expected {name} {e:.4f}, found {float(f):.4f}"
+    if found[2] != expected[2]:
+        return f"expected the verdict {expected[2]!r}, found {found[2]!r}"
+    return None
 
 
 def _overlay(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
@@ -383,20 +407,22 @@ EXERCISES: dict[str, Exercise] = {
             "neighbour instead of bilinear upsampling",
         ),
         Exercise(
-            "one_sided_mask",
-            "06",
-            "Table 4(e), the one-sided GHP set {j ≠ i : sim_ij > c_i}",
-            _one_sided_mask,
-            _mask_inputs,
-            "the symmetric term kept; c_j used instead of c_i (the transpose); the anchor left in its own set",
-        ),
-        Exercise(
             "seed_spread",
             "06",
             "mean ± std over seeds (the sample std, n − 1)",
             _seed_spread,
             _seed_spread_inputs,
             "the population std (n instead of n − 1: too small a spread for 3 seeds)",
+        ),
+        Exercise(
+            "paired_verdict",
+            "06",
+            "HP against a baseline over seeds: the per-seed differences' mean and sample std, and what they allow",
+            _paired_verdict,
+            _paired_inputs,
+            "the spread of each side instead of the spread of the paired differences (it hides a consistent gain "
+            "under the seeds' own variation); the population std; a verdict at one std instead of two",
+            compare=_compare_verdict,
         ),
         Exercise(
             "overlay",

@@ -225,3 +225,11 @@ def load_features(path: str | Path) -> FeatureSet:
         meta=meta,
         path=path,
     )
+
+
+def similarity_map(feats: torch.Tensor, anchor: tuple[int, int], image: int = 0) -> torch.Tensor:
+    """Cosine similarity of one patch, `anchor` = (row, col) of image `image`, with every patch of every image:
+    feats (B, C, h, w) -> (B, h, w). Normalise each patch once, then dot products (notebook 01, exercise 1.1)."""
+    unit = torch.nn.functional.normalize(feats, dim=1)
+    row, col = anchor
+    return torch.einsum("c,bchw->bhw", unit[image, :, row, col], unit)

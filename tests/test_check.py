@@ -165,6 +165,19 @@ def _phi(z, f, s, c_ag, c_sp, neg, lam, tau, per_anchor=False, sp_in_denom=False
     return loss * (tau / 0.07 if scale else 1.0)
 
 
+def _paired(a, b, std):
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    return statistics.mean(d), std(d)
+
+
+def _verdict(mean, std, k=2.0):
+    return (
+        mean,
+        std,
+        ("clear: above" if mean > 0 else "clear: below") if abs(mean) > k * std else "within the seed spread",
+    )
+
+
 WRONG = {  # the mistakes each exercise's `catches` names, one function each: every one must fail its check
     "cosine_map": [
         lambda f, a: torch.einsum("c,chw->hw", f[:, a[0], a[1]], f),  # no normalisation
@@ -218,12 +231,14 @@ WRONG = {  # the mistakes each exercise's `catches` names, one function each: ev
             "khw,nk->nhw", F.normalize(_up(s, size, "nearest"), dim=0), F.normalize(c, dim=1)
         ).argmax(0),
     ],
-    "one_sided_mask": [
-        lambda x, c: reference("symmetric_mask")(x, c),  # the symmetric term kept
-        lambda x, c: reference("one_sided_mask")(x, c).T,  # c_j instead of c_i
-        _one_sided_with_anchor,  # the anchor left in
-    ],
     "seed_spread": [lambda v: (statistics.mean(v), statistics.pstdev(v))],
+    "paired_verdict": [
+        lambda a, b: _verdict(
+            statistics.mean(a) - statistics.mean(b), (statistics.stdev(a) ** 2 + statistics.stdev(b) ** 2) ** 0.5
+        ),
+        lambda a, b: _verdict(*_paired(a, b, statistics.pstdev)),  # the population std
+        lambda a, b: _verdict(*_paired(a, b, statistics.stdev), k=1.0),  # a verdict at one std
+    ],
     "overlay": [
         lambda im, lab, col, a: reference("overlay")(im, lab, col, 1 - a),  # α and 1 − α swapped
         lambda im, lab, col, a: ((1 - a) * im + a * col[lab]).round().astype(np.uint8),  # −1 takes the last colour
@@ -301,6 +316,35 @@ def test_exercise_3_1_states_the_interpolation_its_check_accepts():
     assert passes("lhp_weights", lambda a, g, s: _lhp(a, g, s, quantiles=_quantiles_numpy("linear")))
     assert not passes("lhp_weights", lambda a, g, s: _lhp(a, g, s, quantiles=_quantiles_numpy("nearest")))
     assert not passes("lhp_weights", lambda a, g, s: _lhp(a, g, s, quantiles=_quantiles_kthvalue))
+
+
+def test_the_paired_verdict_exercise_is_what_hpnb_report_computes():
+    from hpnb.check import _paired_inputs
+    from hpnb.report import verdict
+
+    for seed in range(20):
+        a, b = _paired_inputs(torch.Generator().manual_seed(seed))
+        mean, std, said = reference("paired_verdict")(a, b)
+        diffs = [x - y for x, y in zip(a, b, strict=True)]
+        assert np.isclose(mean, statistics.mean(diffs)) and np.isclose(std, statistics.stdev(diffs))
+        assert said == verdict(mean, std)
+
+
+def test_the_paired_inputs_reach_both_verdicts_and_a_gain_the_unpaired_spread_hides():
+    """Without cases of each kind the check could not tell a wrong spread or threshold from the right one."""
+    from hpnb.check import _paired_inputs
+
+    said, hidden = set(), 0
+    for seed in range(3):  # the three cases a check runs
+        a, b = _paired_inputs(torch.Generator().manual_seed(seed))
+        said.add(reference("paired_verdict")(a, b)[2])
+    for seed in range(50):
+        a, b = _paired_inputs(torch.Generator().manual_seed(seed))
+        mean, std, v = reference("paired_verdict")(a, b)
+        hidden += (
+            v.startswith("clear") and abs(mean) <= 2 * (statistics.stdev(a) ** 2 + statistics.stdev(b) ** 2) ** 0.5
+        )
+    assert len(said) >= 2 and hidden >= 5, (said, hidden)
 
 
 def test_difference_names_shape_dtype_and_first_differing_entry():
@@ -413,3 +457,14 @@ def test_the_guides_teaching_times_are_what_the_notebooks_give_now():
     for name, items in teaching_times.SCHEDULES.items():  # a schedule's total is the sum of its slots
         total = sum(teaching_times.slot(i, est)[1] for i in items)
         assert f"**{name}: {teaching_times._hm(total)}**" in guide, name
+
+
+def test_hpnbs_similarity_map_is_exercise_1_1_for_every_image_of_a_batch():
+    from hpnb.features import similarity_map
+
+    feats = torch.randn(3, 6, 4, 5) * torch.rand(3, 1, 4, 5) * 3
+    maps = similarity_map(feats, (2, 3), image=1)
+    assert maps.shape == (3, 4, 5) and torch.isclose(maps[1, 2, 3], torch.tensor(1.0), atol=1e-6)
+    assert torch.allclose(maps[1], reference("cosine_map")(feats[1], (2, 3)), atol=1e-6)
+    unit = F.normalize(feats, dim=1)
+    assert torch.allclose(maps[0], (unit[0] * unit[1, :, 2, 3, None, None]).sum(0), atol=1e-6)
