@@ -49,9 +49,9 @@ def _size(g: torch.Generator, lo: int, hi: int) -> int:
 
 def _cosine_map(feats: torch.Tensor, anchor: tuple[int, int]) -> torch.Tensor:
     """cos(f_anchor, f_j) for every patch j of one image: feats (C, h, w) -> (h, w)."""
-    f = F.normalize(feats.flatten(1), dim=0)  # (C, N), unit columns
-    y, x = anchor
-    return (f[:, y * feats.shape[2] + x] @ f).reshape(feats.shape[1:])
+    from hpnb.features import similarity_map
+
+    return similarity_map(feats[None], anchor)[0]
 
 
 def _cosine_inputs(g):
@@ -61,8 +61,9 @@ def _cosine_inputs(g):
 
 
 def _pool_rows(f_pool: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    picked = f_pool.flatten(2)[torch.arange(len(f_pool)), :, idx]  # row m: patch idx[m] of image m
-    return F.normalize(picked, dim=1)
+    from hpnb.positives import patch_of_each_image
+
+    return F.normalize(patch_of_each_image(f_pool, idx), dim=1)
 
 
 def _pool_rows_inputs(g):
@@ -121,12 +122,7 @@ def _phi_code_form(
 ) -> torch.Tensor:
     """Written out term by term, as a student would; tests/test_check.py checks it against hpnb.losses.hp_loss."""
     eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
-
-    def positives(x, c):  # Eq. 3 / Eq. 4: symmetric, the anchor never its own positive
-        sim = x @ x.T
-        return ((sim > c[:, None]) | (sim > c[None, :])) & ~eye
-
-    p_ag, p_sp = positives(f, c_ag), positives(s, c_sp)
+    p_ag, p_sp = _symmetric_mask(f, c_ag), _symmetric_mask(s, c_sp)  # Eq. 3 / Eq. 4 (exercise 2.3)
     kept = p_ag.any(1, keepdim=True)
     w = (p_ag & kept).float() + lam * (p_sp & kept).float()
     denominator = (p_ag | neg) & ~eye
@@ -252,12 +248,13 @@ def _seed_spread_inputs(g):
 
 
 def _paired_verdict(a: list[float], b: list[float]) -> tuple[float, float, str]:
+    import statistics
+
+    from hpnb.report import verdict
+
     diffs = [x - y for x, y in zip(a, b, strict=True)]  # one difference per seed: the seeds pair the runs
-    mean = sum(diffs) / len(diffs)
-    std = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
-    if abs(mean) > 2 * std and mean != 0:
-        return mean, std, "clear: above" if mean > 0 else "clear: below"
-    return mean, std, "within the seed spread"
+    mean, std = statistics.mean(diffs), statistics.stdev(diffs)
+    return mean, std, verdict(mean, std)
 
 
 def _paired_inputs(g):

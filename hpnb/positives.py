@@ -35,11 +35,16 @@ def pool_image_indices(
     return allowed[torch.randperm(len(allowed), generator=generator)[:pool_size]]
 
 
+def patch_of_each_image(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Patch idx[b] (row-major over the h × w grid) of each image b: (B, D, h, w), (B,) -> (B, D), not normalised."""
+    return x.flatten(2)[torch.arange(len(x), device=x.device), :, idx.to(x.device)]
+
+
 def pick_patch_per_image(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One uniformly random patch of each image, as a 1×1 map: (B, D, h, w) -> (B, D, 1, 1), not normalised."""
-    b, d, h, w = x.shape
-    idx = torch.randint(h * w, (b,), generator=generator, device="cpu").to(x.device)
-    return x.flatten(2)[torch.arange(b, device=x.device), :, idx][:, :, None, None]
+    b, _, h, w = x.shape
+    idx = torch.randint(h * w, (b,), generator=generator, device="cpu")
+    return patch_of_each_image(x, idx)[:, :, None, None]
 
 
 def sample_patches_per_image(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
