@@ -17,7 +17,7 @@ CRF_FAILED := note: the optional dense CRF (pydensecrf2) did not build (it needs
 CRF_SKIPPED := note: CRF=$(CRF), so the optional dense CRF (pydensecrf2) is not installed; CRF steps are skipped. \
   $(CRF_LATER)
 
-.PHONY: warm setup demo test lint format lab student wheelhouse browser-test clean-cache
+.PHONY: warm setup demo test lint format lab student wheelhouse browser-test book clean-cache
 
 # --no-compile: pip does not byte-compile every installed module (torch's thousands: ~30 s of the install); Python
 # compiles what is imported, once.
@@ -40,7 +40,7 @@ demo: $(STAMP)
 
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout 300
 
-LINTED := hpnb tests benchmarks tools notebooks conftest.py
+LINTED := hpnb tests benchmarks tools notebooks docs/book conftest.py
 
 # lint: ruff's checks (pyflakes, bugbear, import order) and its format check, notebooks' code cells included
 lint: $(STAMP)
@@ -63,36 +63,46 @@ test: export OMP_WAIT_POLICY = PASSIVE
 # Three pytest runs, two at a time: nbval runs the notebooks, each in one kernel that also runs its exercises as the
 # student edition has them and its Try-it-yourself prompts (--student-and-prompts) and, for notebook 02, checks that
 # nbval fails on exactly three perturbed outputs (--nbval-strictness; ./conftest.py). Beside it, one after the other:
-# the unit tests, then the tests that need a notebook's caches and runs warm (the browser test, when Chromium is
-# there), each notebook once nbval has run it (--nbval-progress marks it; the Makefile marks nbval's end). Both on one
-# thread (OMP_NUM_THREADS=1, inherited by the browser's kernels): nbval's kernels leave about a quarter of 2 cores
-# idle, which they fill, while a second 2-thread process would make both fight over the cores (nbval's kernel ~2× slower:
+# the unit tests, then the book (`make book`: its sources only, no notebook run), then the tests that need a
+# notebook's caches and runs warm or the built book (the browser tests, when Chromium is there), each notebook once
+# nbval has run it (--nbval-progress marks it; the Makefile marks nbval's end). All on one thread (OMP_NUM_THREADS=1,
+# inherited by the browser's kernels; Sphinx runs with -j 1): nbval's kernels leave about a quarter of 2 cores idle,
+# which they fill, while a second 2-thread process would make both fight over the cores (nbval's kernel ~2× slower:
 # benchmarks/results_omp_oversubscription.txt). Their output goes to build/*.log and is
 # printed when all have ended. Each pytest run names its slowest tests.
 PROGRESS := build/nbval-progress
 test: $(STAMP) lint
 	@mkdir -p build && rm -rf $(PROGRESS)
-	@echo "beside nbval: the unit tests (one thread), then the browser test; output in build/unit_tests.log and \
-	build/after_notebooks.log, printed at the end"
+	@echo "beside nbval: the unit tests (one thread), then the book, then the browser tests; output in \
+	build/unit_tests.log, build/book.log and build/after_notebooks.log, printed at the end"
 	@( OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=15 -m "not after_notebooks" tests >build/unit_tests.log 2>&1; \
 	echo $$? >build/unit_tests.rc; \
+	$(PY) tools/book.py -q >build/book.log 2>&1; echo $$? >build/book.rc; \
 	OMP_NUM_THREADS=1 HPNB_NBVAL_PROGRESS=$(PROGRESS) $(PY) -m pytest -q -rs --durations=5 -m after_notebooks tests \
 	>build/after_notebooks.log 2>&1; echo $$? >build/after_notebooks.rc ) & \
 	side=$$!; \
 	$(PY) -m pytest -q -rs --durations=25 $(NBVAL) --student-and-prompts --nbval-strictness \
 	--nbval-progress $(PROGRESS) notebooks; nbval=$$?; \
 	mkdir -p $(PROGRESS) && touch $(PROGRESS)/finished; wait $$side; \
-	unit=$$(cat build/unit_tests.rc); after=$$(cat build/after_notebooks.rc); \
+	unit=$$(cat build/unit_tests.rc); book=$$(cat build/book.rc); after=$$(cat build/after_notebooks.rc); \
 	echo "--- unit tests (exit $$unit), run beside nbval:"; cat build/unit_tests.log; \
-	echo "--- tests after the notebooks (exit $$after), run beside nbval once the unit tests ended:"; \
+	echo "--- the book (exit $$book), built beside nbval once the unit tests ended:"; cat build/book.log; \
+	echo "--- tests after the notebooks (exit $$after), run beside nbval once the book was built:"; \
 	cat build/after_notebooks.log; \
-	echo "make test: nbval exit $$nbval, unit tests exit $$unit, after the notebooks exit $$after"; \
-	test $$nbval = 0 && test $$unit = 0 && test $$after = 0
+	echo "make test: nbval exit $$nbval, unit tests exit $$unit, book exit $$book, after the notebooks exit $$after"; \
+	test $$nbval = 0 && test $$unit = 0 && test $$book = 0 && test $$after = 0
 
-# browser-test: every notebook with widgets in JupyterLab, in headless Chromium (Playwright); needs `apt-get install
-# chromium`. `make test` runs it too when Chromium is there, and says in one line how to get it when it is not.
+# browser-test: every notebook with widgets in JupyterLab, and the book's pages (built first when stale), in headless
+# Chromium (Playwright); needs `apt-get install chromium`. `make test` runs it too when Chromium is there, and says how
+# to get it when it is not (one skip line for the notebooks, one for the book).
 browser-test: $(STAMP)
 	$(PY) -m pytest -q -rs -m browser tests/test_browser.py
+
+# book: the series as a static site in build/book/html/ (open index.html): the notebooks with their committed outputs
+# (none is run), the glossary, docs/*.md and the README, rendered offline by Sphinx + myst-nb (tools/book.py, config in
+# docs/book/). Any Sphinx warning fails it; it prints the build time and the page count.
+book: $(STAMP)
+	$(PY) tools/book.py
 
 # student: the student edition of the notebooks (solutions of the exercises stubbed, their outputs cleared)
 student:

@@ -4,7 +4,12 @@ cell shows an error, that the widgets render, and that moving each slider with t
 table under it. Results (cells run, errors, widgets, sliders that changed their output, wall time) go to
 build/browser_test.json.
 
-    make browser-test                      # every notebook with widgets
+The static site (`make book`) too, served from build/book/html on a local port with every request off this machine
+refused: each page loads (HTTP 200, no console error), each link to the site names a page and an id that exist, each
+image decodes, MathJax renders every formula (no TeX left as text) from the site's own copy, and no request leaves the
+machine. Results go to build/book_check.json.
+
+    make browser-test                      # every notebook with widgets, and the book
     pytest -m browser tests/test_browser.py
 
 Needs Chromium (Debian/Ubuntu: `sudo apt-get install chromium`) and the pinned `playwright` package (requirements.txt,
@@ -14,12 +19,16 @@ copy, so JupyterLab's autosave never touches the committed outputs.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -111,6 +120,188 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         yield b
         b.close()
+
+
+# ---- the static site (make book): every page in Chromium, offline -------------------------------------------------
+# `make test` builds the book (tools/book.py) right before this run; run alone, the test builds it first when it is
+# missing, failed or older than a source (book.is_stale). It needs no notebook cache and waits for no nbval.
+
+BOOK_RESULTS = ROOT / "build" / "book_check.json"
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+
+
+def _book_tool():
+    """tools/book.py, imported: the site's sources, its staleness rule and its build."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import book
+
+    return book
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the built site without a log line per request; answers Chromium's own /favicon.ico request with 204
+    (the site has no favicon, and Chromium asks for one on every page: a 404 would read as a broken resource)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        if self.path == "/favicon.ico":
+            self.send_response(204)
+            self.end_headers()
+            return
+        super().do_GET()
+
+
+@pytest.fixture(scope="module")
+def book_site():
+    """The built site served on a free local port: (base URL, html folder, seconds spent building it here or 0)."""
+    book = _book_tool()
+    build_s = 0.0
+    if book.is_stale():
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "tools" / "book.py"), "-q"], capture_output=True, text=True, timeout=900
+        )
+        build_s = time.perf_counter() - start
+        assert done.returncode == 0, f"make book failed:\n{done.stdout[-4000:]}{done.stderr[-4000:]}"
+    handler = functools.partial(_QuietHandler, directory=str(book.HTML))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", book.HTML, build_s
+    server.shutdown()
+    server.server_close()
+
+
+# JavaScript run in each page once it has loaded: its ids, its links (resolved), its images, its math
+_PAGE_FACTS = """() => ({
+  ids: [...document.querySelectorAll('[id]')].map(e => e.id).concat(
+    [...document.querySelectorAll('a[name]')].map(e => e.name)),
+  links: [...document.querySelectorAll('a[href]')].map(a => a.href),
+  images: [...document.images].map(i => ({src: i.currentSrc || i.src, width: i.naturalWidth})),
+  math: document.querySelectorAll('span.math, div.math').length,
+})"""
+_MATH_READY = "() => !!(window.MathJax && MathJax.startup && MathJax.startup.promise)"
+# after MathJax's first typeset: what it rendered, what it could not parse, what it left as TeX
+_MATH_RESULT = """async () => {
+  await MathJax.startup.promise;
+  const math = [...document.querySelectorAll('span.math, div.math')];
+  return {
+    containers: document.querySelectorAll('mjx-container').length,
+    unrendered: math.filter(e => !e.querySelector('mjx-container')).map(e => e.textContent.slice(0, 60)),
+    errors: [...document.querySelectorAll('mjx-merror')].map(e => e.textContent.slice(0, 60)),
+  };
+}"""
+# TeX left in the text outside code, on any page: a `$` formula that the Markdown parser did not turn into math
+_RAW_TEX = """() => {
+  const skip = 'pre, code, script, style, mjx-container, .math, .highlight';
+  const walker = document.createTreeWalker(document.querySelector('main') || document.body, NodeFilter.SHOW_TEXT);
+  const raw = [];
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    if (!n.parentElement.closest(skip) && /\\$\\$|\\$\\\\[A-Za-z]|\\$[A-Za-z]\\$/.test(n.textContent))
+      raw.push(n.textContent.trim().slice(0, 80));
+  }
+  return raw;
+}"""
+
+
+def _visit(page, url: str) -> dict:
+    """Open one page of the site; its HTTP status, its facts, TeX left as text and, when it has math, MathJax's
+    result."""
+    response = page.goto(url, wait_until="load")
+    page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=30_000)
+    facts = page.evaluate(_PAGE_FACTS)
+    facts["status"] = response.status if response else None
+    facts["raw_tex"] = page.evaluate(_RAW_TEX)
+    if facts["math"]:
+        page.wait_for_function(_MATH_READY, timeout=30_000)
+        facts["mathjax"] = page.evaluate(_MATH_RESULT)
+    return facts
+
+
+def _check_links(visited: dict, html: Path, base: str) -> tuple[int, int, list[str]]:
+    """(internal links, of them with an anchor, broken ones): every link to the site names a file that exists and,
+    with a #fragment, an id on that page."""
+    checked = anchored = 0
+    broken = []
+    for url, facts in visited.items():
+        for link in facts["links"]:
+            if not link.startswith(base + "/"):
+                continue  # arXiv, GitHub: left external, not followed
+            target, _, fragment = link[len(base) :].partition("#")
+            target = urllib.parse.unquote(target.split("?")[0])
+            path = html / target.lstrip("/")
+            path = path / "index.html" if target.endswith("/") else path
+            checked += 1
+            if not path.is_file():
+                broken.append(f"{url[len(base) :]} -> {link[len(base) :]} (no such file)")
+            elif fragment:
+                anchored += 1
+                page_ids = visited.get(base + "/" + path.relative_to(html).as_posix(), {}).get("ids", [])
+                if urllib.parse.unquote(fragment) not in page_ids:
+                    broken.append(f"{url[len(base) :]} -> {link[len(base) :]} (no such id on the page)")
+    return checked, anchored, broken
+
+
+def test_the_book_renders_offline_with_its_links_images_and_math(browser, book_site):
+    base, html, build_s = book_site
+    start = time.perf_counter()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    offsite, console, failed = [], [], []
+
+    def only_this_machine(route):
+        if urllib.parse.urlparse(route.request.url).hostname in LOCAL_HOSTS:
+            route.continue_()
+        else:  # a CDN, a font service: recorded, and refused, so the page shows what it looks like offline
+            offsite.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_this_machine)
+    page = context.new_page()
+    page.on("console", lambda m: console.append(f"{page.url[len(base) :]}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: console.append(f"{page.url[len(base) :]}: {e}"))
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    files = sorted(p for p in html.rglob("*.html") if "_static" not in p.relative_to(html).parts)
+    visited = {}
+    for path in files:
+        url = f"{base}/{path.relative_to(html).as_posix()}"
+        visited[url] = _visit(page, url)
+    context.close()
+
+    links, anchored, broken = _check_links(visited, html, base)
+    math = {url[len(base) :]: facts["mathjax"] for url, facts in visited.items() if "mathjax" in facts}
+    images = [(url[len(base) :], img) for url, facts in visited.items() for img in facts["images"]]
+    result = {
+        "pages": len(visited),
+        "pages_not_200": [url[len(base) :] for url, facts in visited.items() if facts["status"] != 200],
+        "internal_links_checked": links,
+        "of_them_with_an_anchor": anchored,
+        "broken_links": broken,
+        "external_links_not_followed": sum(
+            1 for facts in visited.values() for link in facts["links"] if not link.startswith(base)
+        ),
+        "images": len(images),
+        "images_not_rendered": [
+            f"{page_url}: {img['src'][len(base) :]}" for page_url, img in images if not img["width"]
+        ],
+        "math_pages": len(math),
+        "math_formulas_rendered": sum(m["containers"] for m in math.values()),
+        "math_not_rendered": {url: m["unrendered"] for url, m in math.items() if m["unrendered"]},
+        "math_errors": {url: m["errors"] for url, m in math.items() if m["errors"]},
+        "raw_tex_in_text": {url[len(base) :]: f["raw_tex"] for url, f in visited.items() if f["raw_tex"]},
+        "offsite_requests": offsite,
+        "console_errors": console,
+        "failed_requests": failed,
+        "built_by_the_test_s": round(build_s, 1),
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+    BOOK_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    BOOK_RESULTS.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    assert result["pages"] >= len(_book_tool().sources()), result["pages"]
+    problems = {k: v for k, v in result.items() if isinstance(v, list | dict) and v}
+    assert not problems, f"the book has problems (all of {BOOK_RESULTS.relative_to(ROOT)}): {problems}"
+    assert result["math_pages"] > 0 and result["images"] > 0 and links > 0, result
 
 
 # JavaScript run in the page: the current notebook panel of the exposed JupyterLab app

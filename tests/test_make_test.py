@@ -78,9 +78,10 @@ def test_make_test_marks_nbvals_end_whatever_its_status():
     assert recipe.index("rm -rf $(PROGRESS)") < recipe.index(") &")  # old markers go before anything starts
 
 
-def test_the_after_notebooks_run_passes_with_one_skip_line_when_chromium_is_missing(tmp_path):
-    """Without Chromium the browser test is skipped, not uncollected: pytest's exit 5 ("no tests ran") would fail
-    `make test` on every machine without a browser."""
+def test_the_after_notebooks_run_passes_with_a_skip_line_per_browser_test_when_chromium_is_missing(tmp_path):
+    """Without Chromium the browser tests are skipped, not uncollected: pytest's exit 5 ("no tests ran") would fail
+    `make test` on every machine without a browser. -rs folds the skips of one test function into one line: one line
+    for the notebooks in JupyterLab, one for the book, each with the same install hint."""
     env = {**os.environ, "PATH": str(tmp_path)}  # no chromium on this PATH; pytest runs by the absolute interpreter
     done = subprocess.run(
         [
@@ -103,7 +104,8 @@ def test_the_after_notebooks_run_passes_with_one_skip_line_when_chromium_is_miss
     )
     assert done.returncode == 0, done.stdout[-2000:]
     skips = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]
-    assert len(skips) == 1 and "apt-get install chromium" in skips[0], done.stdout[-2000:]
+    hints = {line.split(": ", 1)[1] for line in skips}  # SKIPPED [n] file:line: reason
+    assert len(skips) == 2 and len(hints) == 1 and "apt-get install chromium" in skips[0], done.stdout[-2000:]
 
 
 def test_warm_runs_a_notebook_for_its_side_effects_and_writes_neither_it_nor_the_times(tmp_path):
