@@ -292,16 +292,22 @@ def _overlay_inputs(g):
     return image, labels, colours, float(torch.rand(1, generator=g) * 0.4 + 0.3)
 
 
-def _closest_patches(codes: torch.Tensor, centroid: torch.Tensor, n: int) -> torch.Tensor:
+def _closest_patches(
+    codes: torch.Tensor, centroid: torch.Tensor, n: int, image_of: torch.Tensor, per_image: int
+) -> torch.Tensor:
     from hpnb.report import closest_patches
 
-    return closest_patches(codes, centroid, n)
+    return closest_patches(codes, centroid, n, image_of, per_image)
 
 
 def _closest_inputs(g):
-    k = _size(g, 4, 12)
-    scale = torch.rand(_size(g, 20, 60), 1, generator=g) * 5 + 0.1  # codes of very different lengths
-    return torch.randn(len(scale), k, generator=g) * scale, torch.randn(k, generator=g), _size(g, 2, 6)
+    k, n_images, per_image = _size(g, 4, 12), _size(g, 3, 6), _size(g, 1, 3)
+    image_of = torch.arange(n_images).repeat_interleave(_size(g, 5, 10))
+    centroid = torch.randn(k, generator=g)
+    scale = torch.rand(len(image_of), 1, generator=g) * 5 + 0.1  # codes of very different lengths
+    codes = torch.randn(len(image_of), k, generator=g) * scale
+    codes[image_of == 0] += 2 * centroid * scale[image_of == 0]  # one image full of the cluster, as photos often are
+    return codes, centroid, _size(g, per_image + 1, per_image * n_images), image_of, per_image
 
 
 EXERCISES: dict[str, Exercise] = {
@@ -434,11 +440,11 @@ EXERCISES: dict[str, Exercise] = {
         Exercise(
             "closest_patches",
             "07",
-            "the n patches nearest a cluster centroid in cosine, nearest first",
+            "the n patches nearest a cluster centroid in cosine, nearest first, at most per_image of one image",
             _closest_patches,
             _closest_inputs,
-            "the dot product without normalising the codes (long codes win); the farthest patches (ascending order); "
-            "the similarities instead of the indices",
+            "no cap per image (one photo fills the strip); the cap applied after taking the n nearest (fewer than n "
+            "patches); the dot product without normalising the codes (long codes win); the farthest patches first",
         ),
     ]
 }

@@ -382,10 +382,25 @@ SPREAD_HEADER = [
 # ----------------------------------------------------------------------------------------------------------
 
 
-def closest_patches(codes: torch.Tensor, centroid: torch.Tensor, n: int) -> torch.Tensor:
-    """Indices (n,) of the n patch codes (N, K) with the largest cosine to one centroid (K,), nearest first."""
+def closest_patches(
+    codes: torch.Tensor, centroid: torch.Tensor, n: int, image_of: torch.Tensor | None = None, per_image: int = 0
+) -> torch.Tensor:
+    """Indices (≤ n,) of the patch codes (N, K) with the largest cosine to one centroid (K,), nearest first. With
+    `image_of` (N,), the image of each row, at most `per_image` patches of one image are taken: the ranking goes on
+    past an image's surplus, so that one photo full of the cluster does not fill the strip."""
     cos = F.normalize(codes.float(), dim=1) @ F.normalize(centroid.float(), dim=0)
-    return cos.topk(min(n, len(cos))).indices
+    if image_of is None or per_image <= 0:
+        return cos.topk(min(n, len(cos))).indices
+    taken: dict[int, int] = {}
+    kept = []
+    for idx in cos.argsort(descending=True).tolist():
+        image = int(image_of[idx])
+        if taken.get(image, 0) < per_image:
+            taken[image] = taken.get(image, 0) + 1
+            kept.append(idx)
+            if len(kept) == n:
+                break
+    return torch.tensor(kept, dtype=torch.long)
 
 
 @torch.no_grad()
@@ -405,19 +420,15 @@ def nearest_patches(fs, model, n: int = 8, per_image: int = 2, context: int = 1,
     p = fs.images.shape[1] // gh  # pixels per patch
     strips = []
     for c in range(len(centroids)):
-        crops, used = [], {}
-        for idx in closest_patches(flat, centroids[c], len(flat)).tolist():
+        crops = []
+        image_of = torch.arange(len(flat)) // (gh * gw)
+        for idx in closest_patches(flat, centroids[c], n, image_of, per_image).tolist():
             image, rest = divmod(idx, gh * gw)
-            if used.get(image, 0) >= per_image:
-                continue
-            used[image] = used.get(image, 0) + 1
             y, x = divmod(rest, gw)
             y0, x0 = max(0, min(y - context, gh - 2 * context - 1)), max(0, min(x - context, gw - 2 * context - 1))
             span = (2 * context + 1) * p
             crop = fs.images[image, y0 * p : y0 * p + span, x0 * p : x0 * p + span].numpy()
             crops.append(np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR)))
-            if len(crops) == n:
-                break
         strips.append(np.stack(crops))
     return strips, shares
 

@@ -60,6 +60,8 @@ from hpnb.utils import (
     use_amp,
 )
 
+HELD_OUT_DRAWS = 8  # draws of the reference pools and of R behind each label-free validation (their mean selects)
+
 build_dataset = dataset_for  # the configured dataset split (hpnb.runs.dataset_for), under its former name
 
 
@@ -411,8 +413,14 @@ class Trainer:
         from hpnb.evaluate import evaluate, model_predictor
 
         if not self.labelled:
-            loss = self.held_out_loss()
-            return {"held_out_loss": round(loss, 4), "score": -loss}
+            losses = self.held_out_losses()
+            loss = sum(losses) / len(losses)
+            return {
+                "held_out_loss": round(loss, 4),
+                "held_out_loss_std": round(float(np.std(losses, ddof=1)), 4),
+                "held_out_draws": [round(v, 4) for v in losses],  # draw k is the same at every validation
+                "score": -loss,
+            }
         result = evaluate(model_predictor(self.model), self.val, self.n_classes)
         self.model.train()
         table = result.table()
@@ -420,11 +428,13 @@ class Trainer:
         return table
 
     @torch.no_grad()
-    def held_out_loss(self) -> float:
-        """The label-free selection criterion: the HP loss (Eq. 11 at λ = 1) on the held-out images, heads in eval
-        mode (no dropout), the current pools, the clean features as their own augmented view and the same random
-        negatives at every validation (a generator seeded from `cfg.seed`), so that two steps are compared on the same
-        draw. Mean over batches of `batch_size` held-out images."""
+    def held_out_losses(self) -> list[float]:
+        """The label-free selection criterion, once per draw: the HP loss (Eq. 11 at λ = 1) on the held-out images,
+        heads in eval mode (no dropout), the clean features as their own augmented view. What is left random is drawn
+        `HELD_OUT_DRAWS` times, the same draws at every validation so that two steps are compared on the same ones:
+        the reference pools (M training images, one patch each; Q_sp through the current momentum head) and ρ's mask R
+        of negatives. Each entry is a mean over batches of `batch_size` held-out images; their spread says how much
+        one draw moves the loss."""
         cfg, val = self.cfg, self.val
         if getattr(self, "_val_lhp", None) is None:  # LHP weights of the held-out images, from frozen attention
             parts = [
@@ -432,23 +442,30 @@ class Trainer:
             ]
             self._val_lhp = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         self.model.eval()
-        gen = device_generator(self.device, cfg.seed * 1_000_003 + 424_242)  # R drawn on the device of the codes
-        total, count = 0.0, 0
-        for idx in torch.arange(len(val)).split(cfg.batch_size):
-            feats = val.feats[idx].to(self.device).float()
-            lhp = (self._val_lhp[0][idx].to(self.device), self._val_lhp[1][idx].to(self.device))
-            inputs, _ = self.model.loss_inputs(
-                feats,
-                feats,
-                lhp,
-                self.q_ag,
-                self.q_sp if cfg.use_sp else None,
-                need_mix=cfg.use_lhp and cfg.propagation == "gradient",
-            )
-            parts = hp_loss(inputs, loss_config(cfg), lam=1.0, generator=gen)
-            total, count = total + float(parts.total) * len(idx), count + len(idx)
+        losses = []
+        for k in range(HELD_OUT_DRAWS):
+            seed = cfg.seed * 1_000_003 + 424_242 + k
+            pool_gen = torch.Generator().manual_seed(seed)
+            idx = pool_image_indices(self.source.n, cfg.pool_size, pool_gen)
+            batches = self.source.pool_batches(idx, cfg.batch_size, self.device)
+            q_ag, q_sp = build_reference_pools(batches, self.model.heads, cfg.pool_size, pool_gen, cfg.use_sp)
+            gen = device_generator(self.device, seed)  # R drawn on the device of the codes
+            total = 0.0
+            for rows in torch.arange(len(val)).split(cfg.batch_size):
+                feats = val.feats[rows].to(self.device).float()
+                lhp = (self._val_lhp[0][rows].to(self.device), self._val_lhp[1][rows].to(self.device))
+                inputs, _ = self.model.loss_inputs(
+                    feats, feats, lhp, q_ag, q_sp, need_mix=cfg.use_lhp and cfg.propagation == "gradient"
+                )
+                total += float(hp_loss(inputs, loss_config(cfg), lam=1.0, generator=gen).total) * len(rows)
+            losses.append(total / len(val))
         self.model.train()
-        return total / count
+        return losses
+
+    def held_out_loss(self) -> float:
+        """The mean of `held_out_losses` over the draws: the checkpoint kept without labels has the lowest."""
+        losses = self.held_out_losses()
+        return sum(losses) / len(losses)
 
     # -- checkpoints --------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -700,7 +717,7 @@ def training_log(rows: list[dict], alpha: float | None = None, figure=None, kept
     if figure is None:
         import matplotlib.pyplot as plt
 
-        figure = plt.figure(figsize=(12, 3.3))
+        figure = plt.figure(figsize=(12, 3.7))
     ax, ax_reg, ax_val = figure.subplots(1, 3, gridspec_kw={"width_ratios": (1.5, 0.8, 1)})
     steps = np.array([r["step"] for r in rows])
     for key, label, colour in (("phi", "Φ (GHP, Eq. 5–6)", "tab:blue"), ("psi", "Ψ (LHP, Eq. 10)", "tab:orange")):
@@ -713,7 +730,7 @@ def training_log(rows: list[dict], alpha: float | None = None, figure=None, kept
     warm = [s for s, v in zip(steps, lam, strict=True) if v == 0]
     if warm:
         ax.axvspan(0, max(warm), color="0.9", zorder=0)
-        ax.text(max(warm) / 2, 0.02, "λ = 0", transform=ax.get_xaxis_transform(), ha="center", fontsize=7)
+        ax.text(max(warm) / 2, 0.02, "λ = 0", transform=ax.get_xaxis_transform(), ha="center", fontsize=8.5)
     ax_lam = ax.twinx()
     ax_lam.plot(steps, lam, ":", color="0.4", lw=1.2)
     ax_lam.set_ylim(0, 1.05)
@@ -721,7 +738,7 @@ def training_log(rows: list[dict], alpha: float | None = None, figure=None, kept
     ax.set_xlabel("iteration t")
     ax.set_ylabel("loss")
     ax.set_title(f"Φ, Ψ per step; running mean of L {smooth[0]:.1f} → {smooth[-1]:.1f}", fontsize=10)
-    ax.legend(fontsize=7.5, loc="upper right")
+    ax.legend(fontsize=8.5, loc="upper right")
     ax_reg.plot(steps, [r["reg"] for r in rows], color="tab:red", lw=1)
     ax_reg.set_xlabel("iteration t")
     ax_reg.set_title("R (Eq. 11)" + (f", weight α = {alpha:g}" if alpha is not None else ""), fontsize=10)
@@ -747,7 +764,7 @@ def training_log(rows: list[dict], alpha: float | None = None, figure=None, kept
             panel.axvline(kept_step, color="k", ls="--", lw=1, alpha=0.6, zorder=0)
         ax_val.plot([], [], "k--", lw=1, alpha=0.6, label=f"kept checkpoint (step {kept_step})")
     if val or kept_step is not None:
-        ax_val.legend(fontsize=8, loc="lower right")
+        ax_val.legend(fontsize=8.5, loc="lower right")
     tops = [r["val"][h]["miou"] for r in val for h in ("cluster", "linear") if math.isfinite(r["val"][h]["miou"])]
     if tops:
         ax_val.set_ylim(0, 1.2 * max(tops))

@@ -4,12 +4,13 @@ heatmaps and per-class IoU tables."""
 from __future__ import annotations
 
 import math
+import textwrap
 
 import matplotlib
 import numpy as np
 import torch
 
-from hpnb.train import training_log  # noqa: F401  (lives with the trainer, which saves it as loss.png)
+from hpnb.train import HELD_OUT_DRAWS, training_log  # noqa: F401  (training_log lives with the trainer: loss.png)
 from hpnb.utils import HpnbError
 
 IGNORE_COLOUR = (0, 0, 0)
@@ -76,11 +77,13 @@ def column_normalize(conf: np.ndarray) -> np.ndarray:
 
 def _confusion_width(n: int) -> float:
     """Figure width in inches: at most 6 up to 12 classes, then growing slowly (9 for 27 classes)."""
-    return 1.5 + 0.37 * n if n <= 12 else 5.94 + 0.2 * (n - 12)
+    return min(6.0, 2.0 + 0.45 * n) if n <= 12 else 5.94 + 0.2 * (n - 12)
 
 
 def confusion_figure(conf: np.ndarray | torch.Tensor, classes: list[str], normalize: bool = True, title: str = ""):
-    """Heatmap of a (C, C) class confusion (rows = predicted, cols = ground truth, spec §4.2); columns sum to 1."""
+    """Heatmap of a (C, C) class confusion (rows = predicted, cols = ground truth, spec §4.2). Normalised, each
+    column is one ground-truth class's pixels in % (it sums to 100) and the diagonal is each class's recall; up to 12
+    classes every cell is written in whole %."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -91,7 +94,7 @@ def confusion_figure(conf: np.ndarray | torch.Tensor, classes: list[str], normal
             f"confusion_figure expects a ({n}, {n}) matrix for {n} classes, found {conf.shape}; "
             "pass hpnb.metrics.matched_confusion(...) for clusters"
         )
-    data = column_normalize(conf) if normalize else conf
+    data = 100 * column_normalize(conf) if normalize else conf
     width = _confusion_width(n)
     fig, ax = plt.subplots(figsize=(width, 0.85 * width))
     small = n <= 12
@@ -100,20 +103,24 @@ def confusion_figure(conf: np.ndarray | torch.Tensor, classes: list[str], normal
         ax=ax,
         cmap="Blues",
         vmin=0,
-        vmax=1 if normalize else None,
+        vmax=100 if normalize else None,
         square=True,
         annot=small,
-        fmt=".2f" if normalize else ".0f",
-        annot_kws={"fontsize": 6},
+        fmt=".0f",
+        annot_kws={"fontsize": 9 if n <= 8 else 7},
         xticklabels=classes,
         yticklabels=classes,
-        cbar_kws={"shrink": 0.8},
+        cbar_kws={
+            "shrink": 0.8,
+            "label": "% of the ground-truth class (diagonal: recall)" if normalize else "pixels",
+        },
     )
-    ax.set_xlabel("ground truth", fontsize=8)
-    ax.set_ylabel("predicted", fontsize=8)
-    ax.tick_params(labelsize=7 if small else 6)
+    ax.set_xlabel("ground truth")
+    ax.set_ylabel("predicted")
+    ax.tick_params(labelsize=9 if small else 7)
+    ax.tick_params(axis="y", rotation=0)  # class names read left to right
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -203,6 +210,66 @@ def preview_toyworld(n: int = 8, res: int = 224, seed: int = 0, split: str = "tr
 def use_headless_backend() -> None:
     """Select matplotlib's file-only backend (CLI and tests; notebooks keep their inline backend)."""
     matplotlib.use("Agg")
+
+
+# -- inline figures in a notebook ----------------------------------------------------------------------------------
+
+FIGURE_DPI = 150  # text of 8-10 pt is 17-21 px: readable from a projector's back row (at 100 dpi it was 11-14 px)
+JPEG_ABOVE_KB = 200  # a figure whose PNG is larger than this is mostly photo pixels: it is sent as JPEG instead
+JPEG_QUALITY = 90
+
+
+def figure_bytes(fig, jpeg_above_kb: float = JPEG_ABOVE_KB) -> tuple[str, bytes]:
+    """The figure as ("png", bytes), or as ("jpeg", bytes) when its PNG is over `jpeg_above_kb` and the JPEG smaller.
+
+    Line plots, bar charts and diagrams compress well as PNG and stay sharp; panels of photos and feature maps do not
+    (a 150 dpi PNG of one is 1-3 MB), and JPEG at quality 90 keeps them at a fifth of that with no visible loss.
+    """
+    from IPython.core.pylabtools import print_figure
+
+    png = print_figure(fig, "png", bbox_inches="tight")
+    if len(png) <= jpeg_above_kb * 1000:
+        return "png", png
+    jpeg = print_figure(fig, "jpeg", bbox_inches="tight", pil_kwargs={"quality": JPEG_QUALITY})
+    return ("jpeg", jpeg) if len(jpeg) < len(png) else ("png", png)
+
+
+def inline_figures(dpi: int = FIGURE_DPI, jpeg_above_kb: float = JPEG_ABOVE_KB) -> None:
+    """Draw this notebook's figures at `dpi` and send each as PNG, or as JPEG when it is mostly photo pixels.
+
+    Call it once, after `import matplotlib.pyplot`, in a notebook's first code cell. Outside IPython it only sets
+    the dpi. Every notebook stays under 2 MB so (tests/test_notebooks.py).
+    """
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["figure.dpi"] = dpi
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with jupyterlab
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    # pyplot loads its backend on first use, and the inline backend then registers its own PNG formatter over any
+    # registered before: load it now, so that the formatters below are the ones that stay
+    plt.switch_backend(matplotlib.get_backend())
+    pending: dict = {}  # IPython asks the PNG formatter, then the JPEG one, for the same figure: render it once
+
+    def render(fig, fmt: str) -> bytes | None:
+        if pending.get("fig") is not fig or fmt in pending["asked"]:
+            pending.clear()
+            pending.update(fig=fig, out=figure_bytes(fig, jpeg_above_kb), asked=set())
+        pending["asked"].add(fmt)
+        kind, data = pending["out"]
+        if len(pending["asked"]) == 2:
+            pending.clear()  # a figure drawn again (a widget's redraw) is rendered again
+        return data if kind == fmt else None
+
+    formatters = shell.display_formatter.formatters
+    for fmt in ("png", "jpeg"):
+        formatters[f"image/{fmt}"].for_type(matplotlib.figure.Figure, lambda fig, fmt=fmt: render(fig, fmt))
+    for fmt in ("image/svg+xml", "application/pdf"):
+        formatters[fmt].pop(matplotlib.figure.Figure, None)
 
 
 # -- box-and-arrow diagrams (notebook 00's overview of the method) -----------------------------------------------
@@ -310,7 +377,7 @@ def table4_delta_figure(
     word = "mIoU" if metric == "miou" else "Acc"
     protocols = list(deltas)
     names = list(dict.fromkeys(n for per in deltas.values() for rows in per.values() for n in rows))
-    fig, axes = plt.subplots(1, len(protocols), figsize=(5.5 * len(protocols), 3.6), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(protocols), figsize=(5.5 * len(protocols), 4.2), sharey=True, squeeze=False)
     for ax, protocol in zip(axes[0], protocols, strict=True):
         per = deltas[protocol]
         width = 0.8 / len(per)
@@ -321,13 +388,20 @@ def table4_delta_figure(
             px = [names.index(n) for n in paper if n in names]
             ax.plot(px, [paper[names[x]] for x in px], "k_", ms=18, mew=2, label="paper (COCO-Stuff, ViT-S/8)")
         ax.axhline(0, color="k", lw=1)
-        ax.set_xticks(range(len(names)), [n.split(" ")[0] if n.startswith("(") else n for n in names])
+        ax.set_xticks(range(len(names)), [textwrap.fill(n, 16) for n in names], fontsize=8.5)
         ax.set_title((titles or {}).get(protocol, protocol), fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel(f"cluster {word}: row − full HP (points)")
-    axes[0][-1].legend(fontsize=8, loc="lower left")
-    fig.suptitle("Table 4's rows against full HP (a), differences per seed; below 0: worse than full HP", fontsize=10)
-    fig.tight_layout()
+    handles = {}  # one legend for the figure: the datasets' bars and, where drawn, the paper's markers
+    for ax in axes[0]:
+        handles.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    labels = sorted(handles, key=lambda label: label.startswith("paper"))  # our datasets first
+    fig.legend([handles[k] for k in labels], labels, loc="lower center", ncol=len(labels), fontsize=8.5, frameon=False)
+    fig.suptitle(
+        "Table 4's rows minus full HP (a), per seed, mean ± std over the seeds; below 0: worse than full HP",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 
@@ -526,4 +600,37 @@ def cluster_strips(
         "patches nearest each cluster centroid (nearest first; the patch in the middle of each crop)", fontsize=9
     )
     fig.tight_layout(rect=(1.4 / size[0], 0, 1, 0.97))
+    return fig
+
+
+def held_out_selection(rows: list[dict], kept_step: int | None):
+    """The label-free model selection of a folder run: the held-out HP loss at each validation (`rows`: the log's
+    rows that have "val"), as the mean over its draws of the reference pools and R with their spread (± one std over
+    the draws), and the kept step starred. The draws are the same at every step, so the title also counts the draws
+    in which the kept step has the lowest loss: the paired view of the same numbers. The axis is not cut at 0: the
+    title says how large the differences are against the loss itself."""
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    means = np.array([r["val"]["held_out_loss"] for r in rows])
+    stds = np.array([r["val"].get("held_out_loss_std", np.nan) for r in rows])
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    has_spread = bool(np.isfinite(stds).any())
+    label = f"mean over {HELD_OUT_DRAWS} draws of the pools and R, ± 1 std" if has_spread else "held-out loss"
+    ax.errorbar(steps, means, yerr=stds if has_spread else None, fmt="o-", capsize=4, label=label)
+    title = "label-free model selection"
+    if kept_step in steps:
+        k = steps.index(kept_step)
+        ax.plot(kept_step, means[k], "*", ms=16, color="tab:red", mec="k", label=f"checkpoint kept (step {kept_step})")
+        draws = np.array([r["val"].get("held_out_draws", []) for r in rows], dtype=float)
+        if draws.ndim == 2 and draws.shape[1] > 0:
+            wins = int((draws.argmin(0) == k).sum())
+            title += f": step {kept_step} is lowest in {wins} of {draws.shape[1]} draws"
+    span = means.max() - means.min()
+    title += f"\n(axis not from 0: the steps differ by at most {span:.2f} of {means.mean():.1f}, {100 * span / means.mean():.1f} %)"
+    ax.set_title(title, fontsize=9.5)
+    ax.set_xlabel("iteration t")
+    ax.set_ylabel("held-out HP loss")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
     return fig

@@ -180,7 +180,7 @@ def pool_size_figure(fs: FeatureSet, curve: list[dict], examples: list[dict], po
 
     h, w = fs.grid
     p = fs.images.shape[1] // h
-    fig, axes = plt.subplots(1, len(examples) + 1, figsize=(3.0 * len(examples) + 4.2, 3.2), dpi=100)
+    fig, axes = plt.subplots(1, len(examples) + 1, figsize=(3.0 * len(examples) + 4.2, 3.2))
     for ax, ex in zip(axes, examples, strict=False):
         ax.imshow(fs.images[ex["image"]].numpy())
         local = ex["positives"][(ex["positives"] // (h * w)) == ex["image"]] - ex["image"] * h * w
@@ -243,7 +243,7 @@ def temperature_figure(one: dict, curve: list[dict] | None = None, shown: int = 
     probability on its positives; beside it, that probability against τ with the current τ marked."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2 if curve else 1, figsize=(10 if curve else 6, 3.0), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(1, 2 if curve else 1, figsize=(10 if curve else 6, 3.0), squeeze=False)
     ax = axes[0, 0]
     wts, pos = one["weights"][:shown].numpy(), one["positive"][:shown].numpy()
     ax.bar(range(len(wts)), wts, color=["tab:green" if q else "0.6" for q in pos])

@@ -333,7 +333,7 @@ def test_a_tiny_image_is_skipped_with_the_same_warning_in_training_and_predictio
         with pytest.warns(FolderWarning) as caught:
             read()
         messages.append([str(w.message) for w in caught if "px on a side" in str(w.message)])
-    assert messages[0] == messages[1] == ["skipped 1 images smaller than 16 px on a side: tiny.png"]
+    assert messages[0] == messages[1] == ["skipped 1 image smaller than 16 px on a side: tiny.png"]
     with pytest.raises(HpnbError, match="is 10x10 pixels .*smaller than 16 px on a side: too small to segment"):
         hpnb.predict._as_rgb(np.zeros((10, 10, 3), np.uint8))
 

@@ -178,6 +178,21 @@ def _verdict(mean, std, k=2.0):
     )
 
 
+def _cosine(codes, c):
+    return F.normalize(codes, dim=1) @ F.normalize(c, dim=0)
+
+
+def _capped(order, image_of, per_image, n):
+    """The first n of `order` with at most `per_image` of one image (the ranking a student might cap wrongly)."""
+    taken, kept = {}, []
+    for idx in order.tolist():
+        image = int(image_of[idx])
+        if taken.get(image, 0) < per_image and len(kept) < n:
+            taken[image] = taken.get(image, 0) + 1
+            kept.append(idx)
+    return torch.tensor(kept, dtype=torch.long)
+
+
 WRONG = {  # the mistakes each exercise's `catches` names, one function each: every one must fail its check
     "cosine_map": [
         lambda f, a: torch.einsum("c,chw->hw", f[:, a[0], a[1]], f),  # no normalisation
@@ -247,9 +262,10 @@ WRONG = {  # the mistakes each exercise's `catches` names, one function each: ev
         ),
     ],
     "closest_patches": [
-        lambda codes, c, n: (codes @ c).topk(n).indices,  # no normalisation: long codes win
-        lambda codes, c, n: (F.normalize(codes, dim=1) @ F.normalize(c, dim=0)).topk(n, largest=False).indices,
-        lambda codes, c, n: (F.normalize(codes, dim=1) @ F.normalize(c, dim=0)).topk(n).values,  # not the indices
+        lambda codes, c, n, image_of, k: _cosine(codes, c).topk(n).indices,  # no cap: one photo fills the strip
+        lambda codes, c, n, image_of, k: _capped(_cosine(codes, c).topk(n).indices, image_of, k, n),  # cap after top n
+        lambda codes, c, n, image_of, k: _capped((codes @ c).argsort(descending=True), image_of, k, n),  # long codes
+        lambda codes, c, n, image_of, k: _capped(_cosine(codes, c).argsort(), image_of, k, n),  # farthest first
     ],
 }
 

@@ -36,6 +36,28 @@ def test_notebooks_are_clean_and_small():
         assert path.stat().st_size <= 2 * 1024 * 1024, f"{path.name} is over 2 MB"
 
 
+def _image_kinds(notebook: str, call: str) -> list[str]:
+    """The image types committed by the cells of `notebook` whose source contains `call`."""
+    cells = json.loads((ROOT / "notebooks" / notebook).read_text())["cells"]
+    return [
+        kind
+        for cell in cells
+        if cell["cell_type"] == "code" and call in "".join(cell["source"])
+        for out in cell["outputs"]
+        for kind in out.get("data", {})
+        if kind.startswith("image/")
+    ]
+
+
+def test_photo_panels_are_committed_as_jpeg_and_plots_as_png():
+    """hpnb.viz.inline_figures (each notebook's first cell) sends a panel of photos as JPEG and a plot as PNG: this is
+    what keeps the 150 dpi notebooks under 2 MB. A notebook run where the formatters did not take gives PNG only."""
+    for path in NOTEBOOKS:
+        assert "hpnb.viz.inline_figures()" in "".join(json.loads(path.read_text())["cells"][1]["source"]), path.name
+    assert _image_kinds("02_global_hidden_positives.ipynb", 'fig5(*fig5_data("toy"))') == ["image/jpeg"]
+    assert _image_kinds("04_training.ipynb", "hpnb.viz.training_log(") == ["image/png"]
+
+
 def test_no_notebook_ignores_all_outputs_or_prints_progress_bars():
     for path in NOTEBOOKS:
         cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
@@ -115,7 +137,7 @@ def test_no_camvid_pixels_are_committed():
             if cell["cell_type"] != "code":
                 continue
             tags = cell.get("metadata", {}).get("tags", [])
-            images = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+            images = [o for o in cell.get("outputs", []) if any(k.startswith("image/") for k in o.get("data", {}))]
             if "live-only" in tags:
                 assert not cell["outputs"], f"{path.name}: a live-only cell has committed outputs"
                 assert "nbval-ignore-output" in tags, f"{path.name}: a live-only cell must be nbval-ignore-output"
@@ -195,3 +217,21 @@ def test_the_ten_line_recap_points_to_every_notebook_it_teaches_from():
     assert len(re.findall(r"^\d+\. ", recap, re.M)) == 10
     for stem in ("01_preliminaries", "02_global", "03_local", "04_training", "05_evaluation", "06_ablations"):
         assert stem in recap, stem
+
+
+def _try_it_prompts(path: Path) -> int:
+    """The numbered prompts of a notebook's "Try it yourself" section."""
+    text = _markdown(path)
+    section = text.split("## Try it yourself", 1)[1].split("\n## ", 1)[0]
+    return len(re.findall(r"^\d+\. ", section, flags=re.M))
+
+
+def test_the_guide_says_what_each_try_it_prompt_shows():
+    """docs/workshop.md's facilitator notes give, per notebook, one expected observation for each Try-it prompt: a
+    prompt added to a notebook without its note fails here."""
+    guide = (ROOT / "docs" / "workshop.md").read_text()
+    notes = guide.split("### Try it yourself: what participants should see", 1)[1].split("\n### ", 1)[0]
+    for path in NOTEBOOKS:
+        block = notes.split(f"**{path.stem[:2]} ", 1)[1].split("\n\n", 1)[0]
+        bullets = len(re.findall(r"^- \*", block, flags=re.M))
+        assert bullets == _try_it_prompts(path) > 0, f"{path.name}: {bullets} notes for {_try_it_prompts(path)} prompts"

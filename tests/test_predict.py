@@ -145,3 +145,15 @@ def test_float_and_sixteen_bit_images_segment_like_their_eight_bit_twin(patched,
     assert np.array_equal(hpnb.predict.predict(photo / 255.0, run, crf=False), labels)  # what skimage returns
     Image.fromarray(photo[..., 0].astype(np.uint16) * 257).save(tmp_path / "grey16.png")  # was read all white
     assert np.array_equal(seg(tmp_path / "grey16.png"), seg(photo[..., 0]))
+
+
+def test_closest_patches_takes_at_most_per_image_and_goes_on_down_the_ranking():
+    from hpnb.report import closest_patches
+
+    codes = torch.tensor([[1.0, 0.0], [0.99, 0.1], [0.98, 0.2], [0.5, 0.5], [0.0, 1.0], [0.9, 0.3]])
+    image_of = torch.tensor([0, 0, 0, 1, 1, 2])  # image 0 holds the three nearest patches
+    centroid = torch.tensor([1.0, 0.0])
+    assert closest_patches(codes, centroid, 3).tolist() == [0, 1, 2]  # no cap: one image fills the strip
+    assert closest_patches(codes, centroid, 3, image_of, per_image=1).tolist() == [0, 5, 3]
+    assert closest_patches(codes, centroid, 4, image_of, per_image=2).tolist() == [0, 1, 5, 3]
+    assert closest_patches(codes, centroid, 9, image_of, per_image=1).tolist() == [0, 5, 3]  # fewer are there

@@ -42,7 +42,8 @@ def test_confusion_figure_shows_the_normalised_matrix_with_class_names():
     assert [t.get_text() for t in ax.get_yticklabels()] == CLASSES
     assert ax.get_xlabel() == "ground truth" and ax.get_ylabel() == "predicted" and ax.get_title() == "toy"
     shown = np.ma.filled(ax.collections[0].get_array().astype(float), np.nan).reshape(3, 3)
-    np.testing.assert_allclose(shown, column_normalize(CONF), equal_nan=True)
+    np.testing.assert_allclose(shown, 100 * column_normalize(CONF), equal_nan=True)  # % of each ground-truth class
+    assert fig.axes[1].get_ylabel() == "% of the ground-truth class (diagonal: recall)"  # the colourbar says what
     assert fig.get_size_inches()[0] <= 6
 
 
@@ -219,3 +220,78 @@ def test_progress_bar_in_a_notebook_displays_the_widget_alone(monkeypatch):
     assert shown[0][0][hpnb.utils.WIDGET_VIEW]["model_id"] == bar.container.model_id
     monkeypatch.setattr(hpnb.utils, "in_notebook", lambda: False)
     assert type(hpnb.utils.progress_bar(total=1, disable=True)).__module__ == "tqdm.std"
+
+
+def test_inline_figures_send_plots_as_png_and_photo_panels_as_a_smaller_jpeg():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from hpnb.viz import FIGURE_DPI, inline_figures
+
+    shell, dpi_before = InteractiveShell.instance(), plt.rcParams["figure.dpi"]
+    try:
+        inline_figures()
+        assert plt.rcParams["figure.dpi"] == FIGURE_DPI == 150
+        plot, ax = plt.subplots(figsize=(4, 3))
+        ax.plot([0, 1, 2], [1, 0, 2])
+        photo, ax = plt.subplots(figsize=(8, 6))
+        ax.imshow(np.random.default_rng(0).random((300, 400, 3)))
+        sent = {name: shell.display_formatter.format(fig)[0] for name, fig in [("plot", plot), ("photo", photo)]}
+        assert "image/png" in sent["plot"] and "image/jpeg" not in sent["plot"]
+        assert "image/jpeg" in sent["photo"] and "image/png" not in sent["photo"]
+        assert sent["photo"]["image/jpeg"][:3] == b"\xff\xd8\xff"  # JPEG's magic bytes
+        # the same figure drawn again after a change (a widget's redraw) is rendered again, not served from a cache
+        photo.axes[0].imshow(np.zeros((300, 400, 3)))
+        again = shell.display_formatter.format(photo)[0]
+        assert "image/png" in again and "image/jpeg" not in again  # a flat image compresses well as PNG
+    finally:
+        plt.close("all")
+        plt.rcParams["figure.dpi"] = dpi_before
+        InteractiveShell.clear_instance()
+
+
+def test_table4_delta_figure_names_each_row_and_has_one_legend_with_the_papers_markers():
+    from hpnb.viz import table4_delta_figure
+
+    rows = {"(b) no LHP": (-1.0, 0.5), "(g) plain Eq. 1": (2.0, 1.0), "raw features": (-3.0, 0.2)}
+    deltas = {p: {"toy (3 seeds)": rows, "CamVid (3 seeds)": rows} for p in ("online", "converged")}
+    fig = table4_delta_figure(deltas, paper={"(b) no LHP": -1.5, "(g) plain Eq. 1": -14.2})
+    try:
+        ticks = [t.get_text().replace("\n", " ") for t in fig.axes[0].get_xticklabels()]
+        assert ticks == list(rows)  # the rows' names, not only "(b)"
+        assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+            "toy (3 seeds)",
+            "CamVid (3 seeds)",
+            "paper (COCO-Stuff, ViT-S/8)",
+        ]
+        assert all(ax.get_legend() is None for ax in fig.axes)  # one legend, for both panels
+    finally:
+        plt.close(fig)
+
+
+def test_held_out_selection_shows_the_spread_and_counts_the_draws_where_the_kept_step_is_lowest():
+    from hpnb.viz import held_out_selection
+
+    draws = {
+        8: [5.0, 5.2, 5.1],
+        16: [4.9, 5.3, 5.0],
+        24: [4.8, 5.1, 5.2],
+    }  # step 24: lowest mean, lowest in draws 0 and 1
+    rows = [
+        {"step": s, "val": {"held_out_loss": np.mean(d), "held_out_loss_std": np.std(d, ddof=1), "held_out_draws": d}}
+        for s, d in draws.items()
+    ]
+    fig = held_out_selection(rows, kept_step=24)
+    try:
+        title = fig.axes[0].get_title()
+        assert "step 24 is lowest in 2 of 3 draws" in title and "axis not from 0" in title
+        bars = [c for c in fig.axes[0].containers if hasattr(c, "has_yerr")]
+        assert bars and bars[0].has_yerr  # the spread over the draws is drawn
+    finally:
+        plt.close(fig)
+    old = [
+        {"step": 8, "val": {"held_out_loss": 5.0}},
+        {"step": 16, "val": {"held_out_loss": 4.0}},
+    ]  # an older run's log
+    fig = held_out_selection(old, kept_step=16)
+    assert "draws" not in fig.axes[0].get_title()
+    plt.close(fig)

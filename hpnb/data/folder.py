@@ -169,7 +169,7 @@ def warn_unreadable(names: list[str], total: int, where: Path, reasons: dict[str
 def warn_tiny(names: list[str]) -> None:
     """The one warning about images under `MIN_SIDE` pixels on a side (training and prediction skip them)."""
     warnings.warn(
-        f"skipped {len(names)} images smaller than {MIN_SIDE} px on a side: {_listing(names)}",
+        f"skipped {len(names)} image{'s' * (len(names) != 1)} smaller than {MIN_SIDE} px on a side: {_listing(names)}",
         FolderWarning,
         stacklevel=3,
     )
