@@ -6,6 +6,8 @@ as a float NB×NB matrix.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -53,6 +55,40 @@ def sample_patches_per_image(x: torch.Tensor, generator: torch.Generator | None 
     return F.normalize(picked.to(torch.promote_types(picked.dtype, torch.float32)), dim=1)
 
 
+def pool_patches(
+    feature_batches, pool_size: int, generator: torch.Generator | None = None, task_specific: bool = True
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The patches the reference pools are made of: per batch of backbone maps (B, C, h, w), one random patch of each
+    of its images for Q_ag, yielded as ("ag", (b, C, 1, 1)), then an independent one for Q_sp, ("sp", ...), until M
+    images (the first M of `feature_batches`). Lazy, so that heads applied between two yields draw their dropout
+    where they always did (`pools_from_patches`); a list of it keeps a pool's draw for later."""
+    have = 0
+    for feats in feature_batches:
+        feats = feats[: min(len(feats), pool_size - have)]
+        yield "ag", pick_patch_per_image(feats, generator)
+        if task_specific:
+            yield "sp", pick_patch_per_image(feats, generator)
+        have += len(feats)
+        if have >= pool_size:
+            return
+    raise ValueError(
+        f"a reference pool of M={pool_size} needs {pool_size} images, the data gave {have}; "
+        "lower pool_size (M) or use more images"
+    )
+
+
+def pools_from_patches(patches, heads) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Q_ag (M, C) from the "ag" patches through the mining features f, Q_sp (M, K) from the "sp" patches through the
+    momentum head S' (None without them); rows stored in fp16 and L2-normalised, as the official pools."""
+    parts: dict[str, list[torch.Tensor]] = {"ag": [], "sp": []}
+    with torch.no_grad():
+        for kind, patch in patches:
+            head = heads.mining_features if kind == "ag" else heads.momentum_codes
+            parts[kind].append(head(patch).flatten(1).half())
+    norm = lambda rows: F.normalize(torch.cat(rows).float(), dim=1)  # noqa: E731
+    return norm(parts["ag"]), (norm(parts["sp"]) if parts["sp"] else None)
+
+
 def build_reference_pools(
     feature_batches, heads, pool_size: int, generator: torch.Generator | None = None, task_specific: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -62,24 +98,7 @@ def build_reference_pools(
 
     The heads act on each patch alone (1×1 convolutions, channel dropout drawn per image), so the patch is picked
     first and only it goes through them: the same pools as heads-then-pick, h·w times less work."""
-    q_ag, q_sp, have = [], [], 0
-    with torch.no_grad():
-        for feats in feature_batches:
-            take = min(len(feats), pool_size - have)
-            feats = feats[:take]
-            q_ag.append(heads.mining_features(pick_patch_per_image(feats, generator)).flatten(1).half())
-            if task_specific:
-                q_sp.append(heads.momentum_codes(pick_patch_per_image(feats, generator)).flatten(1).half())
-            have += take
-            if have >= pool_size:
-                break
-    if have < pool_size:
-        raise ValueError(
-            f"a reference pool of M={pool_size} needs {pool_size} images, the data gave {have}; "
-            "lower pool_size (M) or use more images"
-        )
-    norm = lambda parts: F.normalize(torch.cat(parts).float(), dim=1)  # noqa: E731
-    return norm(q_ag), (norm(q_sp) if task_specific else None)
+    return pools_from_patches(pool_patches(feature_batches, pool_size, generator, task_specific), heads)
 
 
 def criteria(x: torch.Tensor, pool: torch.Tensor, chunk: int = 65536) -> torch.Tensor:

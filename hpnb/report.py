@@ -419,9 +419,9 @@ def nearest_patches(fs, model, n: int = 8, per_image: int = 2, context: int = 1,
     shares = [float((assign == c).float().mean()) for c in range(len(centroids))]
     p = fs.images.shape[1] // gh  # pixels per patch
     strips = []
+    image_of = torch.arange(len(flat)) // (gh * gw)
     for c in range(len(centroids)):
         crops = []
-        image_of = torch.arange(len(flat)) // (gh * gw)
         for idx in closest_patches(flat, centroids[c], n, image_of, per_image).tolist():
             image, rest = divmod(idx, gh * gw)
             y, x = divmod(rest, gw)

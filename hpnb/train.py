@@ -27,7 +27,7 @@ from hpnb.features import extract_features
 from hpnb.heads import ema_update
 from hpnb.losses import LossConfig, draw_negative_mask, hp_loss, lambda_schedule
 from hpnb.model import HPModel
-from hpnb.positives import attention_to_lhp, build_reference_pools, pool_image_indices
+from hpnb.positives import attention_to_lhp, build_reference_pools, pool_image_indices, pool_patches, pools_from_patches
 from hpnb.runs import (
     BEST,
     CHECKPOINT,
@@ -441,15 +441,18 @@ class Trainer:
                 attention_to_lhp(val.attn[i : i + 64], val.grid, cfg.form, cfg.sigma) for i in range(0, len(val), 64)
             ]
             self._val_lhp = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        if getattr(self, "_val_pools", None) is None:  # each draw's pool patches: the backbone is frozen, read once
+            self._val_pools = []
+            for k in range(HELD_OUT_DRAWS):
+                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 424_242 + k)
+                idx = pool_image_indices(self.source.n, cfg.pool_size, gen)
+                batches = self.source.pool_batches(idx, cfg.batch_size, self.device)
+                self._val_pools.append(list(pool_patches(batches, cfg.pool_size, gen, cfg.use_sp)))
         self.model.eval()
         losses = []
-        for k in range(HELD_OUT_DRAWS):
-            seed = cfg.seed * 1_000_003 + 424_242 + k
-            pool_gen = torch.Generator().manual_seed(seed)
-            idx = pool_image_indices(self.source.n, cfg.pool_size, pool_gen)
-            batches = self.source.pool_batches(idx, cfg.batch_size, self.device)
-            q_ag, q_sp = build_reference_pools(batches, self.model.heads, cfg.pool_size, pool_gen, cfg.use_sp)
-            gen = device_generator(self.device, seed)  # R drawn on the device of the codes
+        for k, patches in enumerate(self._val_pools):
+            q_ag, q_sp = pools_from_patches(patches, self.model.heads)  # Q_sp through the current momentum head
+            gen = device_generator(self.device, cfg.seed * 1_000_003 + 424_242 + k)  # R drawn on the codes' device
             total = 0.0
             for rows in torch.arange(len(val)).split(cfg.batch_size):
                 feats = val.feats[rows].to(self.device).float()

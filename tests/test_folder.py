@@ -144,6 +144,22 @@ def test_training_without_labels_selects_the_step_with_the_lowest_held_out_loss(
     assert val["held_out_draws"] == [round(d, 4) for d in draws]  # logged, for the paired view of hpnb.viz
 
 
+def test_the_held_out_pools_are_read_once_and_follow_the_momentum_head(tmp_path, tmp_cache, random_backbone):
+    """Each draw's pool patches come from the frozen backbone, so they are read on the first validation only; Q_sp
+    goes through the current momentum head, so a changed head changes the held-out loss."""
+    from hpnb.train import HELD_OUT_DRAWS, Trainer
+
+    trainer = Trainer(tiny_folder_config(make_folder(tmp_path / "photos")), tmp_path / "run", backbone=random_backbone)
+    reads, pool_batches = [], trainer.source.pool_batches
+    trainer.source.pool_batches = lambda *a, **k: reads.append(1) or pool_batches(*a, **k)
+    first = trainer.held_out_losses()
+    assert trainer.held_out_losses() == first and len(reads) == HELD_OUT_DRAWS  # read once, not per validation
+    with torch.no_grad():
+        for p in trainer.model.heads.ema.parameters():
+            p.mul_(-1.0)
+    assert trainer.held_out_losses() != first and len(reads) == HELD_OUT_DRAWS
+
+
 def test_bad_sizes_and_missing_n_clusters_are_clear_errors(tmp_path, tmp_cache, random_backbone):
     from hpnb.train import train
 
